@@ -100,6 +100,15 @@ pub struct Execution {
     finished: bool,
 }
 
+impl std::fmt::Debug for Execution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Execution")
+            .field("id", &self.id)
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
 impl Execution {
     /// The request id the chunks carry.
     pub fn id(&self) -> &str {
