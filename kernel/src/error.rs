@@ -21,7 +21,10 @@ pub enum KernelError {
     #[error("no input request is pending in session {0}")]
     NoPendingInput(String),
     #[error("the {language} process died while answering a {what} request")]
-    Died { language: String, what: &'static str },
+    Died {
+        language: String,
+        what: &'static str,
+    },
     #[error("{0}")]
     Protocol(String),
     #[error("i/o: {0}")]

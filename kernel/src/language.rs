@@ -25,6 +25,8 @@ pub struct LaunchSpec {
 pub struct LaunchContext {
     /// The session's private run directory (mode 0700); files of the spec are written here.
     pub run_dir: PathBuf,
+    /// The session's own environment variables (the host's are inherited besides).
+    pub env: HashMap<String, String>,
 }
 
 /// A request to the child, in the kernel's terms.
@@ -97,7 +99,9 @@ impl ChildRequest {
                 id,
                 code,
                 cursor_pos,
-            } => serde_json::json!({"op": "complete", "id": id, "code": code, "cursor_pos": cursor_pos}),
+            } => {
+                serde_json::json!({"op": "complete", "id": id, "code": code, "cursor_pos": cursor_pos})
+            }
             ChildRequest::Inspect {
                 id,
                 code,

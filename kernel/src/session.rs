@@ -149,7 +149,10 @@ impl Drop for Execution {
 
 impl Session {
     /// Start the process and wait until it is ready.
-    pub(crate) async fn start(spec: SessionSpec, config: KernelConfig) -> Result<Self, KernelError> {
+    pub(crate) async fn start(
+        spec: SessionSpec,
+        config: KernelConfig,
+    ) -> Result<Self, KernelError> {
         let id = uuid::Uuid::new_v4().to_string();
         let name = spec.name.clone().unwrap_or_else(|| id.clone());
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -305,7 +308,9 @@ impl Session {
     pub fn write_stdin(&self, bytes: &[u8]) -> Result<(), KernelError> {
         let s = self.inner.shared.lock().expect("session state");
         match (&s.pty_tx, s.state) {
-            (_, SessionState::Closed) | (None, _) => Err(KernelError::Closed(self.inner.id.clone())),
+            (_, SessionState::Closed) | (None, _) => {
+                Err(KernelError::Closed(self.inner.id.clone()))
+            }
             (Some(tx), _) => tx
                 .send(bytes.to_vec())
                 .map_err(|_| KernelError::Closed(self.inner.id.clone())),
@@ -332,7 +337,11 @@ impl Session {
 
     /// Whether an `input_request` is waiting for its answer.
     pub fn input_pending(&self) -> bool {
-        self.inner.shared.lock().expect("session state").input_pending
+        self.inner
+            .shared
+            .lock()
+            .expect("session state")
+            .input_pending
     }
 
     /// Kill the process and start a fresh one. The running execution ends as `died`; queued
@@ -386,6 +395,11 @@ struct Proc {
     exit_rx: oneshot::Receiver<ExitInfo>,
     pty_seen: u64,
     err_seen: u64,
+    /// The highest `sync` of the frames handled so far. A stream whose latest sentinel is newer
+    /// is paused: what follows the sentinel was written after the frame it announces.
+    handled: u64,
+    /// When a stream was paused behind a sentinel (to give up waiting after `HOLD_LIMIT`).
+    paused_at: Option<tokio::time::Instant>,
     pty_open: bool,
     err_open: bool,
     evt_open: bool,
@@ -451,6 +465,7 @@ impl Proc {
         let run_dir = make_run_dir()?;
         let launch = match inner.language.launch(&LaunchContext {
             run_dir: run_dir.clone(),
+            env: spec.env.clone(),
         }) {
             Ok(l) => l,
             Err(e) => {
@@ -464,7 +479,11 @@ impl Proc {
             spec: launch,
             run_dir: run_dir.clone(),
             cwd: spec.cwd.clone(),
-            env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             nonce: nonce.clone(),
             session_id: inner.id.clone(),
             pty_size: config.pty_size,
@@ -572,6 +591,8 @@ impl Proc {
             exit_rx,
             pty_seen: 0,
             err_seen: 0,
+            handled: 0,
+            paused_at: None,
             pty_open: true,
             err_open: true,
             evt_open: true,
@@ -627,7 +648,12 @@ impl Proc {
         };
         loop {
             tokio::select! {
-                item = self.evt_rx.recv() => match item {
+                item = self.evt_rx.recv() => {
+                  if let Some(EvtItem::Frame(f)) = &item {
+                      // Frames before `ready` still release the streams behind their sentinels.
+                      self.handled = self.handled.max(f.sync);
+                  }
+                  match item {
                     Some(EvtItem::Frame(f)) if f.kind == b'm' => {
                         if let Ok(v) = serde_json::from_slice::<Value>(&f.payload) {
                             if v["type"] == "ready" {
@@ -652,6 +678,7 @@ impl Proc {
                         };
                         return Err(fail(format!("the process {how} before it was ready"), &stderr));
                     }
+                  }
                 },
                 piece = self.err_rx.recv(), if self.err_open => match piece {
                     Some(Piece::Data(d)) => stderr.extend_from_slice(&d),
@@ -677,6 +704,12 @@ impl Proc {
     /// Whether `frame` may be handled now: its sentinels have come through (or cannot come).
     fn synced(&self, sync: u64) -> bool {
         (!self.pty_open || self.pty_seen >= sync) && (!self.err_open || self.err_seen >= sync)
+    }
+
+    /// Whether the PTY (or stderr) may be read: not paused behind a sentinel whose frame is
+    /// still to come. With the event stream gone no frame will come, so nothing pauses.
+    fn readable(&self, seen: u64) -> bool {
+        seen <= self.handled || !self.evt_open
     }
 }
 
@@ -799,8 +832,10 @@ impl Actor {
                 Ev::Deadline => self.on_deadline().await,
                 Ev::Hold => {
                     if let Some(p) = self.proc.as_mut() {
+                        tracing::warn!("sentinel or frame overdue; releasing the streams");
+                        p.handled = p.handled.max(p.pty_seen).max(p.err_seen);
+                        p.paused_at = None;
                         if let Some((frame, _)) = p.held.take() {
-                            tracing::warn!(sync = frame.sync, "sentinel never arrived; releasing event");
                             self.on_frame(frame).await;
                         }
                     }
@@ -824,15 +859,21 @@ impl Actor {
         let Some(p) = self.proc.as_mut() else {
             return Ev::Cmd(self.cmd_rx.recv().await);
         };
-        let hold_at = p.held.as_ref().map(|(_, t)| *t + HOLD_LIMIT);
+        let waiting_since = match (p.held.as_ref().map(|(_, t)| *t), p.paused_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let hold_at = waiting_since.map(|t| t + HOLD_LIMIT);
         let evt_ready = p.held.is_none() && p.evt_open;
+        let pty_ready = p.pty_open && p.readable(p.pty_seen);
+        let err_ready = p.err_open && p.readable(p.err_seen);
         let exited = p.exited.is_some();
         let drain_at = p.drain_deadline;
         tokio::select! {
             biased;
             c = self.cmd_rx.recv() => Ev::Cmd(c),
-            x = maybe(p.pty_open.then_some(&mut p.pty_rx)) => Ev::Pty(x),
-            x = maybe(p.err_open.then_some(&mut p.err_rx)) => Ev::Err(x),
+            x = maybe(pty_ready.then_some(&mut p.pty_rx)) => Ev::Pty(x),
+            x = maybe(err_ready.then_some(&mut p.err_rx)) => Ev::Err(x),
             x = maybe(evt_ready.then_some(&mut p.evt_rx)) => Ev::Evt(x),
             e = &mut p.exit_rx, if !exited => Ev::Exit(e.unwrap_or(ExitInfo { code: None, signal: None })),
             _ = sleep_opt(exec_deadline) => Ev::Deadline,
@@ -950,7 +991,13 @@ impl Actor {
     }
 
     fn send(&self, out: Outbound) {
-        let tx = self.inner.shared.lock().expect("session state").req_tx.clone();
+        let tx = self
+            .inner
+            .shared
+            .lock()
+            .expect("session state")
+            .req_tx
+            .clone();
         if let Some(tx) = tx {
             let _ = tx.send(out);
         }
@@ -1056,6 +1103,9 @@ impl Actor {
                 } else {
                     p.err_seen = n;
                 }
+                if n > p.handled && p.paused_at.is_none() {
+                    p.paused_at = Some(tokio::time::Instant::now());
+                }
             }
             Some(Piece::Data(d)) => {
                 let text = if format == ConsoleFormat::Stdout {
@@ -1086,8 +1136,11 @@ impl Actor {
             Some(EvtItem::Bad(e)) => {
                 tracing::error!(error = %e, "bootstrap protocol error");
                 p.evt_open = false;
-                self.emit_error_any("ProtocolError", &format!("the bootstrap sent a malformed event ({e}); restarting"))
-                    .await;
+                self.emit_error_any(
+                    "ProtocolError",
+                    &format!("the bootstrap sent a malformed event ({e}); restarting"),
+                )
+                .await;
                 // The event stream is unusable: restart the process.
                 let _ = self.restart("restarted after a protocol error").await;
             }
@@ -1103,6 +1156,12 @@ impl Actor {
 
     async fn on_frame(&mut self, f: Frame) {
         let Some(p) = self.proc.as_mut() else { return };
+        if f.sync > p.handled {
+            p.handled = f.sync;
+        }
+        if p.readable(p.pty_seen) && p.readable(p.err_seen) {
+            p.paused_at = None;
+        }
         match f.kind {
             b'o' => {
                 let text = p.dec_out.decode(&f.payload);
@@ -1126,8 +1185,11 @@ impl Actor {
                 Ok(v) => self.on_message(v).await,
                 Err(e) => {
                     tracing::error!(error = %e, "bootstrap sent invalid JSON");
-                    self.emit_error_any("ProtocolError", &format!("the bootstrap sent invalid JSON: {e}"))
-                        .await;
+                    self.emit_error_any(
+                        "ProtocolError",
+                        &format!("the bootstrap sent invalid JSON: {e}"),
+                    )
+                    .await;
                 }
             },
         }
@@ -1241,7 +1303,8 @@ impl Actor {
                     self.emit_error(&mut ex, "TimeoutError", &msg).await;
                 }
                 let exprs = v["user_expressions"].as_object().cloned();
-                self.finish_exec(*ex, outcome, exit.or(Some(0)), exprs).await;
+                self.finish_exec(*ex, outcome, exit.or(Some(0)), exprs)
+                    .await;
                 self.set_shared(|s| {
                     s.running = None;
                     s.input_pending = false;
@@ -1249,7 +1312,9 @@ impl Actor {
             }
             Some(Current::Query(q)) if q.req.id() == Some(id) => {
                 let reply = q.reply.unwrap_or_else(|| {
-                    Err(KernelError::Protocol("the bootstrap answered without a reply".into()))
+                    Err(KernelError::Protocol(
+                        "the bootstrap answered without a reply".into(),
+                    ))
                 });
                 let _ = q.tx.send(reply);
                 self.set_shared(|s| s.running = None);
@@ -1365,8 +1430,7 @@ impl Actor {
         } = &mut body
         {
             if *format != ImageFormat::Svg {
-                match crate::images::check(*format, r.data.as_str().unwrap_or_default(), max_dim)
-                {
+                match crate::images::check(*format, r.data.as_str().unwrap_or_default(), max_dim) {
                     Ok(c) => {
                         r.width = Some(c.width);
                         r.height = Some(c.height);
@@ -1611,7 +1675,10 @@ impl Actor {
             self.interrupt();
         } else {
             ex.deadline = None;
-            let msg = timeout_message(ex.timeout, "did not stop when interrupted; the process was killed and restarted");
+            let msg = timeout_message(
+                ex.timeout,
+                "did not stop when interrupted; the process was killed and restarted",
+            );
             let _ = self.kill_and_restart("TimeoutError", &msg).await;
         }
     }
@@ -1652,7 +1719,10 @@ impl Actor {
         let lang = self.inner.language.name().to_string();
         match &r {
             Ok(()) => self.notice(format!("{lang} {why}")).await,
-            Err(e) => self.notice(format!("{lang} could not be restarted: {e}")).await,
+            Err(e) => {
+                self.notice(format!("{lang} could not be restarted: {e}"))
+                    .await
+            }
         }
         self.end_current(Outcome::Died, None).await;
         self.abort_queue("the session was restarted").await;
@@ -1738,7 +1808,9 @@ impl Actor {
 
     /// Kill the process tree and wait for it to be reaped.
     async fn stop_proc(&mut self) {
-        let Some(mut p) = self.proc.take() else { return };
+        let Some(mut p) = self.proc.take() else {
+            return;
+        };
         p.killed = true;
         p.control.kill_all();
         if p.exited.is_none() {
@@ -1795,7 +1867,10 @@ impl Actor {
 
 fn timeout_message(timeout: Option<Duration>, what: &str) -> String {
     match timeout {
-        Some(t) => format!("execution exceeded its timeout of {} s and {what}", t.as_secs_f64()),
+        Some(t) => format!(
+            "execution exceeded its timeout of {} s and {what}",
+            t.as_secs_f64()
+        ),
         None => format!("execution timed out and {what}"),
     }
 }

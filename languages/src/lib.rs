@@ -35,7 +35,10 @@ pub fn canonical_name(name: &str) -> Option<&'static str> {
 }
 
 /// The language called `name`, with interpreters from `interpreters`.
-pub fn language(name: &str, interpreters: &Interpreters) -> Result<Arc<dyn Language>, LanguageError> {
+pub fn language(
+    name: &str,
+    interpreters: &Interpreters,
+) -> Result<Arc<dyn Language>, LanguageError> {
     match canonical_name(name) {
         Some("python") => Ok(Arc::new(python::Python::new(interpreters.clone()))),
         Some("bash") => Ok(Arc::new(bash::Bash::new(interpreters.clone()))),

@@ -51,14 +51,15 @@ impl Interpreters {
         if let Some(hit) = cache.lock().expect("resolver cache").get(&key) {
             return Ok(hit.clone());
         }
-        let found = find_on_path(&cmd).ok_or_else(|| LanguageError::InterpreterNotFound {
-            language: language.to_string(),
-            detail: format!(
+        let found =
+            find_on_path(&cmd).ok_or_else(|| LanguageError::InterpreterNotFound {
+                language: language.to_string(),
+                detail: format!(
                 "`{cmd}` is not on PATH; install it or point Spindle at it with {var}=/path/to/{} \
                  (or the --{language} flag)",
                 Path::new(&cmd).file_name().and_then(|s| s.to_str()).unwrap_or("interpreter")
             ),
-        })?;
+            })?;
         let resolved = if language == "python" {
             resolve_python(&found, var)?
         } else {

@@ -80,7 +80,12 @@ fn pid_alive(pid: u32) -> bool {
 async fn blocks_open_and_close_and_seq_has_no_gaps() {
     let kernel = Kernel::new(KernelConfig::default());
     let s = session(&kernel, "bash").await;
-    let chunks = run(&s, "echo out; echo err >&2; echo out2", ExecOptions::default()).await;
+    let chunks = run(
+        &s,
+        "echo out; echo err >&2; echo out2",
+        ExecOptions::default(),
+    )
+    .await;
     let mut open: Option<&Body> = None;
     for c in &chunks {
         if c.start {
@@ -182,7 +187,10 @@ async fn timeout_kills_what_ignores_the_interrupt_and_restarts() {
     let new_pid = s.info().pid.unwrap();
     assert_ne!(pid, new_pid);
     assert!(!pid_alive(pid), "old process {pid} was not reaped");
-    assert_eq!(stdout(&run(&s, "print('alive')", ExecOptions::default()).await), "alive\n");
+    assert_eq!(
+        stdout(&run(&s, "print('alive')", ExecOptions::default()).await),
+        "alive\n"
+    );
 }
 
 #[tokio::test]
@@ -200,7 +208,11 @@ async fn dropping_the_stream_interrupts_the_execution() {
     let started = Instant::now();
     let chunks = run(&s, "print(kept)", ExecOptions::default()).await;
     assert_eq!(stdout(&chunks), "yes\n");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -221,12 +233,18 @@ async fn a_killed_process_gives_an_error_and_a_fresh_process() {
         .unwrap();
     killer.await.unwrap();
     assert_eq!(finished(&chunks).outcome, Some(Outcome::Died));
-    assert!(errors(&chunks).contains(&"ProcessDied".to_string()), "{chunks:#?}");
+    assert!(
+        errors(&chunks).contains(&"ProcessDied".to_string()),
+        "{chunks:#?}"
+    );
     assert!(notices(&chunks).iter().any(|n| n.contains("fresh process")));
     let new_pid = s.info().pid.unwrap();
     assert_ne!(new_pid, pid);
     assert!(!pid_alive(pid));
-    assert_eq!(stdout(&run(&s, "print(1)", ExecOptions::default()).await), "1\n");
+    assert_eq!(
+        stdout(&run(&s, "print(1)", ExecOptions::default()).await),
+        "1\n"
+    );
 }
 
 #[tokio::test]
@@ -242,7 +260,10 @@ async fn bad_code_is_refused_with_a_clear_error() {
         other => panic!("{other:?}"),
     }
     // The session is unharmed.
-    assert_eq!(stdout(&run(&s, "echo ok", ExecOptions::default()).await), "ok\n");
+    assert_eq!(
+        stdout(&run(&s, "echo ok", ExecOptions::default()).await),
+        "ok\n"
+    );
 }
 
 #[tokio::test]
@@ -282,7 +303,10 @@ async fn registry_names_lists_and_closes_sessions_and_reaps_children() {
     let job: u32 = stdout(&chunks).trim().parse().unwrap();
     let pid = s.info().pid.unwrap();
     kernel.close_session("worker").await.unwrap();
-    assert!(matches!(kernel.get("worker"), Err(KernelError::UnknownSession(_))));
+    assert!(matches!(
+        kernel.get("worker"),
+        Err(KernelError::UnknownSession(_))
+    ));
     assert!(matches!(
         s.execute("echo", ExecOptions::default()),
         Err(KernelError::Closed(_))
@@ -294,7 +318,10 @@ async fn registry_names_lists_and_closes_sessions_and_reaps_children() {
     assert!(!pid_alive(pid), "session process {pid} left behind");
     // The job was reparented to init and is reaped there; it must at least be dead.
     let state = std::fs::read_to_string(format!("/proc/{job}/stat")).unwrap_or_default();
-    assert!(state.is_empty() || state.contains(") Z"), "job {job} still running: {state}");
+    assert!(
+        state.is_empty() || state.contains(") Z"),
+        "job {job} still running: {state}"
+    );
 }
 
 #[tokio::test]
