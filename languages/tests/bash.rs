@@ -1,12 +1,15 @@
 //! End-to-end tests of the bash language: a real interactive bash driven through the kernel.
 
+mod common;
+use common::{console, run, run_with, status, stdout};
+
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use spindle_kernel::{ExecOptions, Kernel, KernelConfig, Query, Session, SessionSpec};
-use spindle_protocol::{Body, Chunk, ConsoleFormat, Outcome, StatusFormat};
+use spindle_protocol::{Body, Chunk, ConsoleFormat, Outcome};
 
 async fn session() -> (Kernel, Session) {
     let kernel = Kernel::new(KernelConfig::default());
@@ -17,44 +20,9 @@ async fn session() -> (Kernel, Session) {
     (kernel, session)
 }
 
-async fn run_with(session: &Session, code: &str, opts: ExecOptions) -> Vec<Chunk> {
-    let exec = session.execute(code, opts).expect("execute");
-    tokio::time::timeout(Duration::from_secs(60), exec.collect::<Vec<_>>())
-        .await
-        .expect("execution finished in time")
-}
-
-async fn run(session: &Session, code: &str) -> Vec<Chunk> {
-    run_with(session, code, ExecOptions::default()).await
-}
-
-fn console(chunks: &[Chunk], want: ConsoleFormat) -> String {
-    chunks
-        .iter()
-        .filter_map(|c| match &c.body {
-            Body::Console {
-                format,
-                content: Some(t),
-                ..
-            } if *format == want => Some(t.as_str()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn stdout(chunks: &[Chunk]) -> String {
-    console(chunks, ConsoleFormat::Stdout)
-}
-
 fn finished(chunks: &[Chunk]) -> (Outcome, Option<i32>) {
-    let last = chunks.last().expect("some chunks");
-    match &last.body {
-        Body::Status {
-            format: StatusFormat::Finished,
-            content: Some(c),
-        } => (c.outcome.expect("outcome"), c.exit_status),
-        other => panic!("last chunk is not `finished`: {other:?}"),
-    }
+    let s = status(chunks);
+    (s.outcome.expect("outcome"), s.exit_status)
 }
 
 #[tokio::test]

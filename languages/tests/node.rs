@@ -1,13 +1,16 @@
 //! End-to-end tests of the Node.js language: a real `node` running the bootstrap, driven through
 //! the kernel.
 
+mod common;
+use common::{run, run_with, stderr, stdout};
+
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use spindle_kernel::{ExecOptions, Kernel, KernelConfig, Query, Session, SessionSpec};
-use spindle_protocol::{Body, Chunk, ConsoleFormat, ImageFormat, Outcome, StatusFormat};
+use spindle_protocol::{Body, Chunk, ImageFormat, Outcome, StatusFormat};
 
 async fn session_in(cwd: std::path::PathBuf) -> (Kernel, Session) {
     let kernel = Kernel::new(KernelConfig::default());
@@ -20,39 +23,6 @@ async fn session_in(cwd: std::path::PathBuf) -> (Kernel, Session) {
 
 async fn session() -> (Kernel, Session) {
     session_in(std::env::temp_dir()).await
-}
-
-async fn run_with(session: &Session, code: &str, opts: ExecOptions) -> Vec<Chunk> {
-    let exec = session.execute(code, opts).expect("execute");
-    tokio::time::timeout(Duration::from_secs(60), exec.collect::<Vec<_>>())
-        .await
-        .expect("execution finished in time")
-}
-
-async fn run(session: &Session, code: &str) -> Vec<Chunk> {
-    run_with(session, code, ExecOptions::default()).await
-}
-
-fn console(chunks: &[Chunk], want: ConsoleFormat) -> String {
-    chunks
-        .iter()
-        .filter_map(|c| match &c.body {
-            Body::Console {
-                format,
-                content: Some(t),
-                ..
-            } if *format == want => Some(t.as_str()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn stdout(chunks: &[Chunk]) -> String {
-    console(chunks, ConsoleFormat::Stdout)
-}
-
-fn stderr(chunks: &[Chunk]) -> String {
-    console(chunks, ConsoleFormat::Stderr)
 }
 
 /// The `text/plain` of the execution's result, if it had one.

@@ -4,6 +4,9 @@
 //! test virtualenv: `<repo>/.venv/bin/python` (the README's test command creates it), else
 //! `$SPINDLE_TEST_PYTHON`.
 
+mod common;
+use common::{console, run, run_with, status as finished, stdout};
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,10 +15,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use spindle_kernel::{ExecOptions, Kernel, KernelConfig, Query, Session, SessionSpec};
 use spindle_languages::Interpreters;
-use spindle_protocol::{
-    Body, Chunk, ConsoleFormat, ErrorContent, ImageFormat, Outcome, Rich, StatusContent,
-    StatusFormat,
-};
+use spindle_protocol::{Body, Chunk, ConsoleFormat, ErrorContent, ImageFormat, Outcome, Rich};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -59,46 +59,6 @@ async fn venv() -> (Kernel, Session) {
         ..Default::default()
     })
     .await
-}
-
-async fn run_with(s: &Session, code: &str, opts: ExecOptions) -> Vec<Chunk> {
-    let ex = s.execute(code, opts).expect("execute accepted");
-    tokio::time::timeout(LIMIT, ex.collect::<Vec<_>>())
-        .await
-        .unwrap_or_else(|_| panic!("execution of {code:?} did not finish"))
-}
-
-async fn run(s: &Session, code: &str) -> Vec<Chunk> {
-    run_with(s, code, ExecOptions::default()).await
-}
-
-fn console(chunks: &[Chunk], want: ConsoleFormat) -> String {
-    chunks
-        .iter()
-        .filter_map(|c| match &c.body {
-            Body::Console {
-                format,
-                content: Some(t),
-                ..
-            } if *format == want => Some(t.as_str()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn stdout(chunks: &[Chunk]) -> String {
-    console(chunks, ConsoleFormat::Stdout)
-}
-
-fn finished(chunks: &[Chunk]) -> StatusContent {
-    let last = chunks.last().expect("some chunks");
-    match &last.body {
-        Body::Status {
-            format: StatusFormat::Finished,
-            content: Some(s),
-        } => s.clone(),
-        other => panic!("last chunk is not finished: {other:?}"),
-    }
 }
 
 fn outcome(chunks: &[Chunk]) -> Outcome {

@@ -2,12 +2,15 @@
 //! streams, dying processes, reaping, the registry, watchers and bad input. Real interpreters
 //! throughout.
 
+mod common;
+use common::{run_with, status as finished, stdout};
+
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use spindle_kernel::{ExecOptions, Kernel, KernelConfig, KernelError, Session, SessionSpec};
 use spindle_languages::Interpreters;
-use spindle_protocol::{Body, Chunk, ConsoleFormat, Outcome, StatusContent};
+use spindle_protocol::{Body, Chunk, Outcome};
 
 fn interpreters() -> Interpreters {
     Interpreters::default()
@@ -19,36 +22,6 @@ async fn session(kernel: &Kernel, lang: &str) -> Session {
         .create_session(SessionSpec::new(language))
         .await
         .expect("session starts")
-}
-
-async fn run(session: &Session, code: &str, opts: ExecOptions) -> Vec<Chunk> {
-    let exec = session.execute(code, opts).expect("execute accepted");
-    tokio::time::timeout(Duration::from_secs(60), exec.collect::<Vec<_>>())
-        .await
-        .expect("execution finished in time")
-}
-
-fn stdout(chunks: &[Chunk]) -> String {
-    chunks
-        .iter()
-        .filter_map(|c| match &c.body {
-            Body::Console {
-                format: ConsoleFormat::Stdout,
-                content: Some(t),
-                ..
-            } => Some(t.as_str()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn finished(chunks: &[Chunk]) -> StatusContent {
-    match &chunks.last().expect("chunks").body {
-        Body::Status {
-            content: Some(s), ..
-        } => s.clone(),
-        other => panic!("last chunk is not a status: {other:?}"),
-    }
 }
 
 fn errors(chunks: &[Chunk]) -> Vec<String> {
@@ -80,7 +53,7 @@ fn pid_alive(pid: u32) -> bool {
 async fn blocks_open_and_close_and_seq_has_no_gaps() {
     let kernel = Kernel::new(KernelConfig::default());
     let s = session(&kernel, "bash").await;
-    let chunks = run(
+    let chunks = run_with(
         &s,
         "echo out; echo err >&2; echo out2",
         ExecOptions::default(),
@@ -123,7 +96,7 @@ async fn output_cap_keeps_head_and_tail_in_bounded_memory() {
     let kernel = Kernel::new(KernelConfig::default());
     let s = session(&kernel, "python").await;
     let code = "import sys\nsys.stdout.write('HEAD')\nfor _ in range(200):\n    sys.stdout.write('x' * 1_000_000)\nsys.stdout.write('TAIL')\n";
-    let chunks = run(
+    let chunks = run_with(
         &s,
         code,
         ExecOptions {
@@ -145,9 +118,9 @@ async fn output_cap_keeps_head_and_tail_in_bounded_memory() {
 async fn timeout_interrupts_and_the_session_keeps_its_state() {
     let kernel = Kernel::new(KernelConfig::default());
     let s = session(&kernel, "python").await;
-    run(&s, "kept = 41", ExecOptions::default()).await;
+    run_with(&s, "kept = 41", ExecOptions::default()).await;
     let started = Instant::now();
-    let chunks = run(
+    let chunks = run_with(
         &s,
         "import time\ntime.sleep(60)",
         ExecOptions {
@@ -159,7 +132,7 @@ async fn timeout_interrupts_and_the_session_keeps_its_state() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(finished(&chunks).outcome, Some(Outcome::Timeout));
     assert!(errors(&chunks).contains(&"TimeoutError".to_string()));
-    let after = run(&s, "print(kept + 1)", ExecOptions::default()).await;
+    let after = run_with(&s, "print(kept + 1)", ExecOptions::default()).await;
     assert_eq!(stdout(&after), "42\n");
 }
 
@@ -172,7 +145,7 @@ async fn timeout_kills_what_ignores_the_interrupt_and_restarts() {
     let kernel = Kernel::new(config);
     let s = session(&kernel, "python").await;
     let pid = s.info().pid.unwrap();
-    let chunks = run(
+    let chunks = run_with(
         &s,
         "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)",
         ExecOptions {
@@ -188,7 +161,7 @@ async fn timeout_kills_what_ignores_the_interrupt_and_restarts() {
     assert_ne!(pid, new_pid);
     assert!(!pid_alive(pid), "old process {pid} was not reaped");
     assert_eq!(
-        stdout(&run(&s, "print('alive')", ExecOptions::default()).await),
+        stdout(&run_with(&s, "print('alive')", ExecOptions::default()).await),
         "alive\n"
     );
 }
@@ -197,7 +170,7 @@ async fn timeout_kills_what_ignores_the_interrupt_and_restarts() {
 async fn dropping_the_stream_interrupts_the_execution() {
     let kernel = Kernel::new(KernelConfig::default());
     let s = session(&kernel, "python").await;
-    run(&s, "kept = 'yes'", ExecOptions::default()).await;
+    run_with(&s, "kept = 'yes'", ExecOptions::default()).await;
     let mut exec = s
         .execute("import time\ntime.sleep(60)", ExecOptions::default())
         .unwrap();
@@ -206,7 +179,7 @@ async fn dropping_the_stream_interrupts_the_execution() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(exec);
     let started = Instant::now();
-    let chunks = run(&s, "print(kept)", ExecOptions::default()).await;
+    let chunks = run_with(&s, "print(kept)", ExecOptions::default()).await;
     assert_eq!(stdout(&chunks), "yes\n");
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -242,7 +215,7 @@ async fn a_killed_process_gives_an_error_and_a_fresh_process() {
     assert_ne!(new_pid, pid);
     assert!(!pid_alive(pid));
     assert_eq!(
-        stdout(&run(&s, "print(1)", ExecOptions::default()).await),
+        stdout(&run_with(&s, "print(1)", ExecOptions::default()).await),
         "1\n"
     );
 }
@@ -261,7 +234,7 @@ async fn bad_code_is_refused_with_a_clear_error() {
     }
     // The session is unharmed.
     assert_eq!(
-        stdout(&run(&s, "echo ok", ExecOptions::default()).await),
+        stdout(&run_with(&s, "echo ok", ExecOptions::default()).await),
         "ok\n"
     );
 }
@@ -299,7 +272,7 @@ async fn registry_names_lists_and_closes_sessions_and_reaps_children() {
     assert_eq!(kernel.get(s.id()).unwrap().name(), "worker");
     assert_eq!(kernel.list().len(), 1);
     // A background job in the session must die with it.
-    let chunks = run(&s, "sleep 300 & echo $!", ExecOptions::default()).await;
+    let chunks = run_with(&s, "sleep 300 & echo $!", ExecOptions::default()).await;
     let job: u32 = stdout(&chunks).trim().parse().unwrap();
     let pid = s.info().pid.unwrap();
     kernel.close_session("worker").await.unwrap();
@@ -329,7 +302,7 @@ async fn watchers_see_every_execution() {
     let kernel = Kernel::new(KernelConfig::default());
     let s = session(&kernel, "bash").await;
     let mut watch = s.subscribe();
-    let chunks = run(&s, "echo watched", ExecOptions::default()).await;
+    let chunks = run_with(&s, "echo watched", ExecOptions::default()).await;
     let mut seen = Vec::new();
     while seen.len() < chunks.len() {
         seen.push(
@@ -346,12 +319,12 @@ async fn watchers_see_every_execution() {
 async fn restart_gives_a_fresh_process_and_aborts_nothing_idle() {
     let kernel = Kernel::new(KernelConfig::default());
     let s = session(&kernel, "python").await;
-    run(&s, "x = 1", ExecOptions::default()).await;
+    run_with(&s, "x = 1", ExecOptions::default()).await;
     let pid = s.info().pid.unwrap();
     s.restart().await.unwrap();
     assert_ne!(s.info().pid.unwrap(), pid);
     assert!(!pid_alive(pid));
-    let chunks = run(&s, "print('x' in globals())", ExecOptions::default()).await;
+    let chunks = run_with(&s, "print('x' in globals())", ExecOptions::default()).await;
     assert_eq!(stdout(&chunks), "False\n");
     assert_eq!(s.info().starts, 2);
 }
@@ -380,7 +353,7 @@ def png(w, h):
     return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0)) + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b'')
 display({'image/png': base64.b64encode(png(300, 100)).decode(), 'text/plain': '<png>'}, raw=True)
 "#;
-    let chunks = run(
+    let chunks = run_with(
         &s,
         code,
         ExecOptions {

@@ -1,0 +1,57 @@
+//! Helpers shared by the end-to-end tests: run code through a session and read its chunks.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use spindle_kernel::{ExecOptions, Session};
+use spindle_protocol::{Body, Chunk, ConsoleFormat, StatusContent, StatusFormat};
+
+/// Longest any single execution in these tests may take.
+pub const LIMIT: Duration = Duration::from_secs(120);
+
+/// Run `code` and collect every chunk up to `finished`.
+pub async fn run_with(session: &Session, code: &str, opts: ExecOptions) -> Vec<Chunk> {
+    let exec = session.execute(code, opts).expect("execute accepted");
+    tokio::time::timeout(LIMIT, exec.collect::<Vec<_>>())
+        .await
+        .unwrap_or_else(|_| panic!("execution of {code:?} did not finish"))
+}
+
+pub async fn run(session: &Session, code: &str) -> Vec<Chunk> {
+    run_with(session, code, ExecOptions::default()).await
+}
+
+/// All the text of one console stream, in order.
+pub fn console(chunks: &[Chunk], want: ConsoleFormat) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| match &c.body {
+            Body::Console {
+                format,
+                content: Some(t),
+                ..
+            } if *format == want => Some(t.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn stdout(chunks: &[Chunk]) -> String {
+    console(chunks, ConsoleFormat::Stdout)
+}
+
+pub fn stderr(chunks: &[Chunk]) -> String {
+    console(chunks, ConsoleFormat::Stderr)
+}
+
+/// The content of the `finished` chunk that must end every execution.
+pub fn status(chunks: &[Chunk]) -> StatusContent {
+    match &chunks.last().expect("some chunks").body {
+        Body::Status {
+            format: StatusFormat::Finished,
+            content: Some(s),
+        } => s.clone(),
+        other => panic!("last chunk is not `finished`: {other:?}"),
+    }
+}
