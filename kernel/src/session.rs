@@ -1389,27 +1389,10 @@ impl Actor {
     }
 
     async fn flush_pending(&mut self) {
-        let Some(Current::Exec(ex)) = &mut self.current else {
-            return;
-        };
-        let Some((format, text)) = ex.pending.take() else {
-            return;
-        };
-        let mut ex = match self.current.take() {
-            Some(Current::Exec(ex)) => ex,
-            _ => unreachable!(),
-        };
-        self.content(
-            &mut ex,
-            Body::Console {
-                format,
-                content: Some(text),
-                line: None,
-            },
-            true,
-        )
-        .await;
-        self.current = Some(Current::Exec(ex));
+        if let Some(Current::Exec(mut ex)) = self.current.take() {
+            self.flush_exec_pending(&mut ex).await;
+            self.current = Some(Current::Exec(ex));
+        }
     }
 
     async fn rich(&mut self, mut rich: Rich, is_result: bool) {
@@ -1467,16 +1450,7 @@ impl Actor {
 
     async fn flush_exec_pending(&mut self, ex: &mut ExecState) {
         if let Some((format, text)) = ex.pending.take() {
-            self.content(
-                ex,
-                Body::Console {
-                    format,
-                    content: Some(text),
-                    line: None,
-                },
-                true,
-            )
-            .await;
+            self.content(ex, Body::console(format, text), true).await;
         }
     }
 
@@ -1533,11 +1507,7 @@ impl Actor {
     }
 
     async fn idle_console(&mut self, format: ConsoleFormat, text: String) {
-        let body = Body::Console {
-            format,
-            content: Some(text),
-            line: None,
-        };
+        let body = Body::console(format, text);
         let marker = body.marker();
         if self.idle_block.as_ref() != Some(&marker) {
             self.close_idle_block().await;
@@ -1633,16 +1603,8 @@ impl Actor {
                 self.content(&mut ex, note, false).await;
             }
             for (format, text) in cap.tail {
-                self.content(
-                    &mut ex,
-                    Body::Console {
-                        format,
-                        content: Some(text),
-                        line: None,
-                    },
-                    true,
-                )
-                .await;
+                self.content(&mut ex, Body::console(format, text), true)
+                    .await;
             }
         }
         if let Some(open) = ex.open.take() {

@@ -324,6 +324,15 @@ impl Chunk {
 }
 
 impl Body {
+    /// A console content body.
+    pub fn console(format: ConsoleFormat, text: String) -> Body {
+        Body::Console {
+            format,
+            content: Some(text),
+            line: None,
+        }
+    }
+
     pub fn type_name(&self) -> &'static str {
         match self {
             Body::Console { .. } => "console",

@@ -1,1 +1,414 @@
-//! Messages of the native ZeroMQ API. Filled in by the native host work (issue 3).
+//! Messages of the native ZeroMQ API (`spindle serve`).
+//!
+//! Framing, chosen so that a pyzmq client stays a few lines long:
+//!
+//! ```text
+//! client DEALER → host ROUTER   [signature, json]            a Request
+//! host ROUTER → client DEALER   [signature, json]            a Reply (many, for an execute)
+//! host PUB → client SUB         [topic, signature, json]     an Event; topic = session id
+//! ```
+//!
+//! `signature` is the lower-case hex HMAC-SHA256 of the JSON bytes, keyed with the `key` of the
+//! [`ConnectionInfo`] file (its UTF-8 bytes, as Jupyter does). Every message in both directions
+//! is signed; the host rejects a request whose signature does not verify.
+//!
+//! Requests carry an `id` chosen by the client; every reply to it echoes that id, so a client
+//! can have many requests in flight. An execute answers with one `chunk` reply per
+//! [`Chunk`](crate::Chunk), ending with the `status`/`finished` chunk. The same chunks are
+//! published as `chunk` events to every subscriber of the session, whoever asked.
+//!
+//! The JSON Schemas under `schemas/` are generated from these types ([`schemas`]).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::chunk::Chunk;
+use crate::session::SessionInfo;
+
+/// The signature scheme named in connection files.
+pub const SIGNATURE_SCHEME: &str = "hmac-sha256";
+
+/// Version of this message set, in connection files.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The connection file `spindle serve` writes (mode 0600): how to reach and sign for the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConnectionInfo {
+    /// Always `tcp`.
+    pub transport: String,
+    /// The address the sockets are bound to.
+    pub ip: String,
+    /// The ROUTER socket: connect a DEALER here to send requests.
+    pub router_port: u16,
+    /// The PUB socket: connect a SUB here and subscribe to a session id for its events.
+    pub pub_port: u16,
+    /// Always `hmac-sha256`.
+    pub signature_scheme: String,
+    /// The signing key (hex text; its UTF-8 bytes key the HMAC).
+    pub key: String,
+    /// Largest request the host accepts, in bytes.
+    pub max_message: u64,
+    /// Version of the native protocol.
+    pub protocol_version: u32,
+    /// Process id of the host.
+    pub pid: u32,
+}
+
+/// A request from a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Request {
+    /// Chosen by the client (at most 256 bytes); echoed in every reply to this request.
+    pub id: String,
+    #[serde(flatten)]
+    pub body: RequestBody,
+}
+
+/// What a request asks for; `type` names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RequestBody {
+    /// Start a session. Answered by a `session` reply.
+    CreateSession(CreateSession),
+    /// Answered by a `sessions` reply.
+    ListSessions,
+    /// Answered by a `session` reply.
+    SessionInfo { session: String },
+    /// Run code. Answered by `chunk` replies, the last one `status`/`finished`.
+    Execute(Execute),
+    /// Interrupt the running execution (SIGINT to the terminal's foreground). Answered by `ok`.
+    Interrupt { session: String },
+    /// Kill the process and start a fresh one. Answered by a `session` reply.
+    Restart { session: String },
+    /// Close the session for good. Answered by `ok`.
+    Close { session: String },
+    /// Answer the pending `input_request` chunk. Answered by `ok`.
+    InputReply { session: String, value: String },
+    /// Write raw text to the session's terminal (for `read`, prompts, …). Answered by `ok`.
+    Stdin { session: String, data: String },
+    /// Completions at a cursor position. Answered by a `complete` reply.
+    Complete {
+        session: String,
+        code: String,
+        /// In Unicode code points; the end of `code` when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor_pos: Option<usize>,
+    },
+    /// Documentation of the object at a cursor position. Answered by an `inspect` reply.
+    Inspect {
+        session: String,
+        code: String,
+        /// In Unicode code points; the end of `code` when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor_pos: Option<usize>,
+        /// 0 or 1, as in Jupyter.
+        #[serde(default)]
+        detail_level: u8,
+    },
+    /// Whether `code` is a complete statement. Answered by an `is_complete` reply.
+    IsComplete { session: String, code: String },
+    /// Ask for a `welcome` event on the session's topic, to learn that a SUB socket subscribed
+    /// to it is receiving (closes ZeroMQ's slow-joiner gap). Answered by a `session` reply.
+    Watch { session: String },
+    /// A Jupyter connection file for this session, so Jupyter clients can attach to it.
+    /// Answered by an `attach` reply.
+    Attach { session: String },
+    /// Stop the host: every session is closed. Answered by `ok` first.
+    Shutdown,
+}
+
+/// Options of a new session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CreateSession {
+    /// `python`, `bash` or `node` (aliases such as `py`, `sh`, `js` work too).
+    pub language: String,
+    /// A unique name, usable wherever a session id is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Working directory of the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Extra environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Default execution timeout, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    /// Default console output cap per execution, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_cap: Option<u64>,
+}
+
+/// Code to run, and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Execute {
+    /// Session id or name.
+    pub session: String,
+    pub code: String,
+    /// Seconds before the execution is interrupted (then killed); the session's by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    /// Console output cap in bytes (head and tail kept); the session's by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_cap: Option<u64>,
+    /// Also give images a downscaled copy at most this many pixels a side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_max_dim: Option<u32>,
+    /// Jupyter's `silent`: no result, not counted.
+    #[serde(default)]
+    pub silent: bool,
+    /// Jupyter's `store_history`: count this execution.
+    #[serde(default = "yes")]
+    pub store_history: bool,
+    /// Whether `input()` may ask for input (else it fails at once).
+    #[serde(default = "yes")]
+    pub allow_stdin: bool,
+    /// Report the line being executed (`console`/`active_line` chunks).
+    #[serde(default)]
+    pub active_lines: bool,
+    /// Expressions to evaluate after the code, by name; results come in the finished chunk.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub user_expressions: Map<String, Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A reply to a request (or one of many, for an execute).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Reply {
+    /// The id of the request answered; null only when the request could not be read far enough
+    /// to find its id (bad frames, bad signature, invalid JSON).
+    pub id: Option<String>,
+    #[serde(flatten)]
+    pub body: ReplyBody,
+}
+
+/// What a reply carries; `type` names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ReplyBody {
+    /// One session (create_session, session_info, restart, watch).
+    Session {
+        session: SessionInfo,
+        /// True when create_session took a pre-started session from the warm pool.
+        #[serde(default)]
+        warm: bool,
+    },
+    /// Every live session (list_sessions).
+    Sessions {
+        sessions: Vec<SessionInfo>,
+    },
+    /// One chunk of an execution's output.
+    Chunk {
+        chunk: Chunk,
+    },
+    /// The client read too slowly and `count` chunks of this execution were dropped for it
+    /// (they were still published to subscribers).
+    Missed {
+        session: String,
+        count: u64,
+    },
+    /// Done (interrupt, close, input_reply, stdin, shutdown).
+    Ok,
+    Complete(CompleteReply),
+    Inspect(InspectReply),
+    IsComplete(IsCompleteReply),
+    /// A Jupyter connection file for the session.
+    Attach {
+        /// Where the connection file was written (mode 0600).
+        connection_file: String,
+        /// Its contents.
+        connection: Map<String, Value>,
+    },
+    /// The request failed; nothing changed.
+    Error {
+        code: ErrorCode,
+        reason: String,
+    },
+}
+
+/// Completion matches for `code[cursor_start..cursor_end]` (code points).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CompleteReply {
+    #[serde(default)]
+    pub matches: Vec<String>,
+    #[serde(default)]
+    pub cursor_start: usize,
+    #[serde(default)]
+    pub cursor_end: usize,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+}
+
+/// What is known about the object at the cursor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InspectReply {
+    #[serde(default)]
+    pub found: bool,
+    /// A MIME bundle (`text/plain` at least when found).
+    #[serde(default)]
+    pub data: Map<String, Value>,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+}
+
+/// Whether code is ready to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct IsCompleteReply {
+    pub status: IsCompleteStatus,
+    /// Suggested indentation for the next line, when incomplete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indent: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IsCompleteStatus {
+    Complete,
+    Incomplete,
+    Invalid,
+    Unknown,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not two frames `[signature, json]`.
+    BadFrames,
+    /// The signature is missing or does not match.
+    BadSignature,
+    /// Larger than the host's `max_message`.
+    TooLarge,
+    /// Not valid JSON.
+    BadJson,
+    /// Valid JSON that is not a request this host knows (wrong shape, field or value).
+    BadRequest,
+    /// No session with that id or name.
+    UnknownSession,
+    /// The session was closed.
+    SessionClosed,
+    /// An input reply, but the session asked for no input.
+    NoPendingInput,
+    /// A session name already in use.
+    NameTaken,
+    /// The language is unknown, or cannot do what was asked.
+    Unsupported,
+    /// The interpreter failed to start.
+    StartFailed,
+    /// The host is shutting down.
+    ShuttingDown,
+    /// Anything else that went wrong in the session.
+    Failed,
+}
+
+/// An event published on the PUB socket, under the session id as topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// Answer to a `watch` request: from here on this subscriber receives the session's events.
+    Welcome {
+        /// The id of the `watch` request that asked for it.
+        token: String,
+        session: SessionInfo,
+    },
+    /// One chunk of the session, from any client's execution or from between executions.
+    Chunk { chunk: Chunk },
+    /// `count` chunks of the session were not published because the host's event buffer was
+    /// full (a subscriber fell behind); `seq` numbers show where.
+    Missed { session: String, count: u64 },
+    /// The session was closed (on request, or because the host stopped).
+    Closed { session: String, reason: String },
+}
+
+/// Every top-level message's JSON Schema, by file name under `schemas/`.
+pub fn schemas() -> Vec<(&'static str, Value)> {
+    fn one<T: JsonSchema>() -> Value {
+        schemars::schema_for!(T).to_value()
+    }
+    vec![
+        ("request.json", one::<Request>()),
+        ("reply.json", one::<Reply>()),
+        ("event.json", one::<Event>()),
+        ("chunk.json", one::<Chunk>()),
+        ("connection.json", one::<ConnectionInfo>()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn request_wire_shape() {
+        let r: Request = serde_json::from_value(json!({
+            "id": "1", "type": "execute", "session": "s", "code": "1+1"
+        }))
+        .unwrap();
+        match &r.body {
+            RequestBody::Execute(e) => {
+                assert_eq!(e.code, "1+1");
+                assert!(e.store_history && e.allow_stdin && !e.silent);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let r: Request =
+            serde_json::from_value(json!({"id": "2", "type": "list_sessions"})).unwrap();
+        assert_eq!(r.body, RequestBody::ListSessions);
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            json!({"id": "2", "type": "list_sessions"})
+        );
+    }
+
+    #[test]
+    fn wrong_shapes_are_errors() {
+        for bad in [
+            json!({"id": "1", "type": "nope"}),
+            json!({"id": "1", "type": "execute", "session": "s"}),
+            json!({"type": "list_sessions"}),
+            json!({"id": 5, "type": "list_sessions"}),
+            json!([1, 2]),
+        ] {
+            assert!(
+                serde_json::from_value::<Request>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn reply_wire_shape() {
+        let r = Reply {
+            id: Some("7".into()),
+            body: ReplyBody::Error {
+                code: ErrorCode::UnknownSession,
+                reason: "no".into(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            json!({"id": "7", "type": "error", "code": "unknown_session", "reason": "no"})
+        );
+        let ok = Reply {
+            id: None,
+            body: ReplyBody::Ok,
+        };
+        assert_eq!(
+            serde_json::to_value(&ok).unwrap(),
+            json!({"id": null, "type": "ok"})
+        );
+    }
+
+    #[test]
+    fn every_schema_is_an_object() {
+        for (name, schema) in schemas() {
+            assert!(schema.is_object(), "{name}");
+        }
+    }
+}
