@@ -1389,9 +1389,12 @@ impl Actor {
     }
 
     async fn flush_pending(&mut self) {
-        if let Some(Current::Exec(mut ex)) = self.current.take() {
-            self.flush_exec_pending(&mut ex).await;
-            self.current = Some(Current::Exec(ex));
+        match self.current.take() {
+            Some(Current::Exec(mut ex)) => {
+                self.flush_exec_pending(&mut ex).await;
+                self.current = Some(Current::Exec(ex));
+            }
+            other => self.current = other,
         }
     }
 
