@@ -63,8 +63,9 @@ pub fn main(args: RunArgs, interp: &InterpreterArgs) -> anyhow::Result<ExitCode>
         };
         let mut exec = session.execute(&code, opts)?;
         let mut status = 0u8;
-        let mut sigint =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
         let mut interrupts = 0;
         loop {
             tokio::select! {
@@ -85,6 +86,10 @@ pub fn main(args: RunArgs, interp: &InterpreterArgs) -> anyhow::Result<ExitCode>
                     } else {
                         print_human(&chunk)?;
                     }
+                }
+                _ = sigterm.recv() => {
+                    status = 143;
+                    break;
                 }
                 _ = sigint.recv() => {
                     interrupts += 1;
@@ -178,7 +183,9 @@ fn print_human(chunk: &Chunk) -> anyhow::Result<()> {
 pub fn describe_rich(body: &Body) -> Option<String> {
     let rich = match body {
         Body::Result { content: Some(r) }
-        | Body::Image { content: Some(r), .. }
+        | Body::Image {
+            content: Some(r), ..
+        }
         | Body::Html { content: Some(r) }
         | Body::Markdown { content: Some(r) }
         | Body::Latex { content: Some(r) }
@@ -196,10 +203,12 @@ pub fn describe_rich(body: &Body) -> Option<String> {
         .bundle
         .keys()
         .filter(|k| k.as_str() != "text/plain")
-        .map(|k| match (k.starts_with("image/"), rich.width, rich.height) {
-            (true, Some(w), Some(h)) => format!("{k} {w}x{h}"),
-            _ => k.clone(),
-        })
+        .map(
+            |k| match (k.starts_with("image/"), rich.width, rich.height) {
+                (true, Some(w), Some(h)) => format!("{k} {w}x{h}"),
+                _ => k.clone(),
+            },
+        )
         .collect();
     Some(match (plain.is_empty(), others.is_empty()) {
         (_, true) => plain,
