@@ -12,6 +12,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use portable_pty::{CommandBuilder, PtySize};
@@ -180,14 +181,20 @@ impl Launcher for LocalPtyLauncher {
         let control = Arc::new(LocalControl {
             pid,
             master: control_fd,
+            reaped: AtomicBool::new(false),
         });
         let master = pair.master;
         let wait_control = control.clone();
         let wait = Box::new(move || {
-            let status = child.wait();
-            // The leader is gone: end whatever it left in its session, then let the readers
-            // reach end-of-stream.
+            // Wait for the leader to end without reaping it: while it is a zombie its pid (the
+            // session id) cannot be reused, so the sweep below can only hit its own session.
+            if let Some(pid) = pid {
+                wait_exited(pid as i32);
+            }
             wait_control.kill_all();
+            let status = child.wait();
+            wait_control.reaped.store(true, Ordering::SeqCst);
+            // Let the readers reach end-of-stream.
             drop(keep_evt);
             drop(keep_err);
             drop(master);
@@ -231,6 +238,28 @@ impl Launcher for LocalPtyLauncher {
 struct LocalControl {
     pid: Option<u32>,
     master: OwnedFd,
+    /// Set once the leader is reaped: its pid may then belong to someone else, so it is never
+    /// signalled again.
+    reaped: AtomicBool,
+}
+
+/// Block until `pid` (our child) has exited, leaving it unreaped.
+fn wait_exited(pid: i32) {
+    loop {
+        // SAFETY: waitid on our own child with a zeroed siginfo for the kernel to fill.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 || std::io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
 }
 
 impl ProcessControl for LocalControl {
@@ -239,6 +268,9 @@ impl ProcessControl for LocalControl {
     }
 
     fn interrupt(&self) -> io::Result<()> {
+        if self.reaped.load(Ordering::SeqCst) {
+            return Err(io::Error::other("the process has ended"));
+        }
         // SAFETY: tcgetpgrp/killpg/kill are plain syscalls on a descriptor and pids we own.
         let pgrp = unsafe { libc::tcgetpgrp(self.master.as_raw_fd()) };
         if pgrp > 0 && unsafe { libc::killpg(pgrp, libc::SIGINT) } == 0 {
@@ -252,6 +284,9 @@ impl ProcessControl for LocalControl {
     }
 
     fn kill_all(&self) {
+        if self.reaped.load(Ordering::SeqCst) {
+            return; // swept when the leader ended; its pid may be someone else's now
+        }
         if let Some(pid) = self.pid {
             kill_session(pid as i32);
         }

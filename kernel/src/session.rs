@@ -40,6 +40,8 @@ const DRAIN_LIMIT: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct Session {
     inner: Arc<Inner>,
+    /// Held by handles and executions only: when every one is gone the actor closes the session.
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
 }
 
 impl std::fmt::Debug for Session {
@@ -55,7 +57,6 @@ struct Inner {
     id: String,
     name: String,
     language: Arc<dyn Language>,
-    cmd_tx: mpsc::UnboundedSender<Cmd>,
     shared: Mutex<Shared>,
     watch: broadcast::Sender<Chunk>,
 }
@@ -161,7 +162,6 @@ impl Session {
             id: id.clone(),
             name,
             language: spec.language.clone(),
-            cmd_tx,
             shared: Mutex::new(Shared {
                 state: SessionState::Starting,
                 pid: None,
@@ -188,9 +188,10 @@ impl Session {
             current: None,
             seq: 0,
             idle_block: None,
+            deferred: VecDeque::new(),
         };
         tokio::spawn(actor.run());
-        Ok(Session { inner })
+        Ok(Session { inner, cmd_tx })
     }
 
     pub fn id(&self) -> &str {
@@ -236,8 +237,7 @@ impl Session {
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let (tx, rx) = mpsc::channel(1024);
         self.inner.shared.lock().expect("session state").queued += 1;
-        self.inner
-            .cmd_tx
+        self.cmd_tx
             .send(Cmd::Execute {
                 id: id.clone(),
                 code: code.to_string(),
@@ -248,7 +248,7 @@ impl Session {
         Ok(Execution {
             id,
             rx,
-            cmd_tx: self.inner.cmd_tx.clone(),
+            cmd_tx: self.cmd_tx.clone(),
             finished: false,
         })
     }
@@ -277,8 +277,7 @@ impl Session {
         };
         let (tx, rx) = oneshot::channel();
         self.inner.shared.lock().expect("session state").queued += 1;
-        self.inner
-            .cmd_tx
+        self.cmd_tx
             .send(Cmd::Query { req, tx })
             .map_err(|_| KernelError::Closed(self.inner.id.clone()))?;
         rx.await
@@ -349,8 +348,7 @@ impl Session {
     pub async fn restart(&self) -> Result<(), KernelError> {
         self.ensure_open()?;
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .cmd_tx
+        self.cmd_tx
             .send(Cmd::Restart(tx))
             .map_err(|_| KernelError::Closed(self.inner.id.clone()))?;
         rx.await
@@ -360,7 +358,7 @@ impl Session {
     /// End the session for good: its process tree is killed.
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.inner.cmd_tx.send(Cmd::Close(tx)).is_ok() {
+        if self.cmd_tx.send(Cmd::Close(tx)).is_ok() {
             let _ = rx.await;
         }
     }
@@ -411,8 +409,6 @@ struct Proc {
     dec_out: Utf8Decoder,
     dec_errf: Utf8Decoder,
     run_dir: PathBuf,
-    /// Set when we killed it on purpose (restart, close, timeout).
-    killed: bool,
 }
 
 impl Drop for Proc {
@@ -604,7 +600,6 @@ impl Proc {
             dec_out: Utf8Decoder::default(),
             dec_errf: Utf8Decoder::default(),
             run_dir,
-            killed: false,
         };
         let version = proc.await_ready(&language, config.start_timeout).await?;
         let mut s = inner.shared.lock().expect("session state");
@@ -742,7 +737,6 @@ struct ExecState {
     open: Option<Body>,
     pending: Option<(ConsoleFormat, String)>,
     cap: Option<Cap>,
-    last_error: bool,
 }
 
 struct Cap {
@@ -751,6 +745,8 @@ struct Cap {
     tail: VecDeque<(ConsoleFormat, String)>,
     tail_bytes: usize,
     dropped: u64,
+    /// Of `dropped`, how much a notice has already reported.
+    reported: u64,
 }
 
 struct QueryState {
@@ -775,6 +771,8 @@ struct Actor {
     seq: u64,
     /// Block opened by output that arrived between executions.
     idle_block: Option<Body>,
+    /// Commands taken while waiting on a slow consumer, handled before new events.
+    deferred: VecDeque<Cmd>,
 }
 
 enum Ev {
@@ -808,7 +806,10 @@ impl Actor {
             if self.current.is_none() {
                 self.start_next().await;
             }
-            let ev = self.next_event().await;
+            let ev = match self.deferred.pop_front() {
+                Some(cmd) => Ev::Cmd(Some(cmd)),
+                None => self.next_event().await,
+            };
             match ev {
                 Ev::Cmd(None) => {
                     self.close().await;
@@ -895,11 +896,7 @@ impl Actor {
             }
             Cmd::Query { req, tx } => self.queue.push_back(Work::Query { req, tx }),
             Cmd::Cancel(id) => {
-                let before = self.queue.len();
-                self.queue
-                    .retain(|w| !matches!(w, Work::Exec { id: wid, .. } if *wid == id));
-                let removed = before - self.queue.len();
-                self.set_shared(|s| s.queued = s.queued.saturating_sub(removed));
+                self.unqueue(&id);
                 if let Some(Current::Exec(e)) = &mut self.current {
                     if e.id == id && !e.detached {
                         e.detached = true;
@@ -913,6 +910,15 @@ impl Actor {
             }
             Cmd::Close(_) => unreachable!("handled in run"),
         }
+    }
+
+    /// Take a cancelled execution out of the queue.
+    fn unqueue(&mut self, id: &str) {
+        let before = self.queue.len();
+        self.queue
+            .retain(|w| !matches!(w, Work::Exec { id: wid, .. } if wid == id));
+        let removed = before - self.queue.len();
+        self.set_shared(|s| s.queued = s.queued.saturating_sub(removed));
     }
 
     fn interrupt(&self) {
@@ -1019,6 +1025,7 @@ impl Actor {
                 tail: VecDeque::new(),
                 tail_bytes: 0,
                 dropped: 0,
+                reported: 0,
             }
         });
         ExecState {
@@ -1026,7 +1033,8 @@ impl Actor {
             tx,
             detached: false,
             started: Instant::now(),
-            deadline: timeout.map(|t| tokio::time::Instant::now() + t),
+            // A timeout too large to represent means no deadline.
+            deadline: timeout.and_then(|t| tokio::time::Instant::now().checked_add(t)),
             timeout,
             timed_out: false,
             image_max_dim: opts.image_max_dim.or(self.spec.image_max_dim),
@@ -1034,7 +1042,6 @@ impl Actor {
             open: None,
             pending: None,
             cap,
-            last_error: false,
         }
     }
 
@@ -1222,9 +1229,6 @@ impl Actor {
                         })
                         .unwrap_or_default(),
                 };
-                if let Some(Current::Exec(e)) = &mut self.current {
-                    e.last_error = true;
-                }
                 self.block(Body::Error {
                     content: Some(content),
                 })
@@ -1297,14 +1301,19 @@ impl Actor {
                     _ if exit.unwrap_or(0) != 0 => Outcome::Error,
                     _ => Outcome::Ok,
                 };
-                let mut ex = ex;
-                if ex.timed_out {
-                    let msg = timeout_message(ex.timeout, "was interrupted");
-                    self.emit_error(&mut ex, "TimeoutError", &msg).await;
+                let (timed_out, timeout) = (ex.timed_out, ex.timeout);
+                self.current = Some(Current::Exec(ex));
+                // A character split at the very end belongs to this execution, as U+FFFD.
+                self.finish_decoders().await;
+                if timed_out {
+                    let msg = timeout_message(timeout, "was interrupted");
+                    self.error_in_exec("TimeoutError", &msg).await;
                 }
                 let exprs = v["user_expressions"].as_object().cloned();
-                self.finish_exec(*ex, outcome, exit.or(Some(0)), exprs)
-                    .await;
+                if let Some(Current::Exec(ex)) = self.current.take() {
+                    self.finish_exec(*ex, outcome, exit.or(Some(0)), exprs)
+                        .await;
+                }
                 self.set_shared(|s| {
                     s.running = None;
                     s.input_pending = false;
@@ -1326,6 +1335,20 @@ impl Actor {
         }
     }
 
+    /// What the UTF-8 decoders still hold (an incomplete character at the end), as console text.
+    async fn finish_decoders(&mut self) {
+        let Some(p) = self.proc.as_mut() else { return };
+        let rest = [
+            (ConsoleFormat::Stdout, p.dec_pty.finish()),
+            (ConsoleFormat::Stderr, p.dec_err.finish()),
+            (ConsoleFormat::Stdout, p.dec_out.finish()),
+            (ConsoleFormat::Stderr, p.dec_errf.finish()),
+        ];
+        for (format, text) in rest {
+            self.console(format, text).await;
+        }
+    }
+
     /// Console text, through the cap, into the pending buffer.
     async fn console(&mut self, format: ConsoleFormat, mut text: String) {
         if text.is_empty() {
@@ -1339,7 +1362,9 @@ impl Actor {
             if text.len() > cap.head_left {
                 let cut = floor_char_boundary(&text, cap.head_left);
                 let tail = text.split_off(cut);
-                cap.head_left -= cut;
+                // The head is full even if a character did not fit: later text must not
+                // overtake what went to the tail.
+                cap.head_left = 0;
                 cap.tail_bytes += tail.len();
                 cap.tail.push_back((format, tail));
                 while cap.tail_bytes > cap.tail_limit {
@@ -1388,10 +1413,12 @@ impl Actor {
         }
     }
 
+    /// Emit buffered console text (not the cap's tail: that waits for a non-console block or the
+    /// end, or the cap would cap nothing).
     async fn flush_pending(&mut self) {
         match self.current.take() {
             Some(Current::Exec(mut ex)) => {
-                self.flush_exec_pending(&mut ex).await;
+                self.flush_console(&mut ex).await;
                 self.current = Some(Current::Exec(ex));
             }
             other => self.current = other,
@@ -1451,7 +1478,40 @@ impl Actor {
         }
     }
 
+    /// Before a non-console block: buffered console text, then the cap's tail.
     async fn flush_exec_pending(&mut self, ex: &mut ExecState) {
+        self.flush_console(ex).await;
+        self.flush_cap_tail(ex).await;
+    }
+
+    /// Emit what the cap kept of the tail so far, after a notice of what it dropped, so that
+    /// the next block comes after it as it did in the child.
+    async fn flush_cap_tail(&mut self, ex: &mut ExecState) {
+        let Some(cap) = ex.cap.as_mut() else { return };
+        if cap.tail.is_empty() && cap.dropped == cap.reported {
+            return;
+        }
+        let newly = cap.dropped - cap.reported;
+        cap.reported = cap.dropped;
+        let tail = std::mem::take(&mut cap.tail);
+        cap.tail_bytes = 0;
+        if newly > 0 {
+            if let Some(open) = ex.open.take() {
+                self.emit_to(ex, open, false, true).await;
+            }
+            let note = Body::Notice {
+                content: Some(format!(
+                    "output cap: {newly} bytes dropped between the head and the tail"
+                )),
+            };
+            self.content(ex, note, false).await;
+        }
+        for (format, text) in tail {
+            self.content(ex, Body::console(format, text), true).await;
+        }
+    }
+
+    async fn flush_console(&mut self, ex: &mut ExecState) {
         if let Some((format, text)) = ex.pending.take() {
             self.content(ex, Body::console(format, text), true).await;
         }
@@ -1478,10 +1538,54 @@ impl Actor {
     async fn emit_to(&mut self, ex: &mut ExecState, body: Body, start: bool, end: bool) {
         let chunk = self.make_chunk(&ex.id, body, start, end);
         self.publish(&chunk);
-        if !ex.detached && ex.tx.send(chunk).await.is_err() {
-            // Nobody reads this execution any more: stop it.
-            ex.detached = true;
-            self.interrupt();
+        if ex.detached {
+            return;
+        }
+        // Wait for room in the consumer's stream (back-pressure keeps output lossless), but keep
+        // taking commands: a consumer that stops reading must not wedge cancel, restart, close
+        // or the timeout.
+        loop {
+            tokio::select! {
+                biased;
+                permit = ex.tx.reserve() => {
+                    match permit {
+                        Ok(permit) => permit.send(chunk),
+                        Err(_) => {
+                            // Nobody reads this execution any more: stop it.
+                            ex.detached = true;
+                            self.interrupt();
+                        }
+                    }
+                    return;
+                }
+                cmd = self.cmd_rx.recv() => match cmd {
+                    Some(Cmd::Execute { id, code, opts, tx }) => {
+                        self.queue.push_back(Work::Exec { id, code, opts, tx })
+                    }
+                    Some(Cmd::Query { req, tx }) => self.queue.push_back(Work::Query { req, tx }),
+                    Some(Cmd::Cancel(id)) if id == ex.id => {
+                        ex.detached = true;
+                        self.interrupt();
+                        return;
+                    }
+                    Some(Cmd::Cancel(id)) => self.unqueue(&id),
+                    Some(cmd) => {
+                        // Restart or close: stop waiting on this consumer and let the loop act.
+                        self.deferred.push_back(cmd);
+                        ex.detached = true;
+                        return;
+                    }
+                    None => {
+                        ex.detached = true;
+                        return;
+                    }
+                },
+                _ = sleep_opt(ex.deadline) => {
+                    // The loop handles the deadline; this consumer is not reading anyway.
+                    ex.detached = true;
+                    return;
+                }
+            }
         }
     }
 
@@ -1527,6 +1631,7 @@ impl Actor {
     }
 
     async fn emit_exec_start(&mut self, ex: &mut ExecState) {
+        self.close_idle_block().await;
         let body = Body::Status {
             format: StatusFormat::Started,
             content: Some(StatusContent {
@@ -1539,7 +1644,6 @@ impl Actor {
 
     async fn emit_error(&mut self, ex: &mut ExecState, name: &str, value: &str) {
         self.flush_exec_pending(ex).await;
-        ex.last_error = true;
         self.content(
             ex,
             Body::Error {
@@ -1591,25 +1695,7 @@ impl Actor {
         user_expressions: Option<Map<String, Value>>,
     ) {
         self.flush_exec_pending(&mut ex).await;
-        let mut dropped = 0;
-        if let Some(cap) = ex.cap.take() {
-            dropped = cap.dropped;
-            if dropped > 0 {
-                if let Some(open) = ex.open.take() {
-                    self.emit_to(&mut ex, open, false, true).await;
-                }
-                let note = Body::Notice {
-                    content: Some(format!(
-                        "output cap: {dropped} bytes dropped between the head and the tail"
-                    )),
-                };
-                self.content(&mut ex, note, false).await;
-            }
-            for (format, text) in cap.tail {
-                self.content(&mut ex, Body::console(format, text), true)
-                    .await;
-            }
-        }
+        let dropped = ex.cap.as_ref().map_or(0, |c| c.dropped);
         if let Some(open) = ex.open.take() {
             self.emit_to(&mut ex, open, false, true).await;
         }
@@ -1636,7 +1722,7 @@ impl Actor {
         };
         if !ex.timed_out {
             ex.timed_out = true;
-            ex.deadline = Some(tokio::time::Instant::now() + grace);
+            ex.deadline = tokio::time::Instant::now().checked_add(grace);
             self.interrupt();
         } else {
             ex.deadline = None;
@@ -1644,89 +1730,84 @@ impl Actor {
                 ex.timeout,
                 "did not stop when interrupted; the process was killed and restarted",
             );
-            let _ = self.kill_and_restart("TimeoutError", &msg).await;
+            self.error_in_exec("TimeoutError", &msg).await;
+            let lang = self.inner.language.name().to_string();
+            let _ = self
+                .replace_process(
+                    format!("{lang} was killed and restarted"),
+                    Outcome::Timeout,
+                    None,
+                    false,
+                )
+                .await;
         }
     }
 
-    /// Kill the process; the running execution ends with an error chunk, `name: msg`.
-    async fn kill_and_restart(&mut self, name: &str, msg: &str) -> Result<(), KernelError> {
+    /// An error chunk in the running execution, if there is one.
+    async fn error_in_exec(&mut self, name: &str, msg: &str) {
         if let Some(Current::Exec(mut ex)) = self.current.take() {
             self.emit_error(&mut ex, name, msg).await;
             self.current = Some(Current::Exec(ex));
         }
-        let outcome = if name == "TimeoutError" {
-            Outcome::Timeout
-        } else {
-            Outcome::Died
-        };
+    }
+
+    /// Replace the process with a fresh one: stop the old one (if it still runs), start a new
+    /// one, tell the running execution (`what`; a fresh process is ready, or why not), then end
+    /// that execution with `outcome`.
+    async fn replace_process(
+        &mut self,
+        what: String,
+        outcome: Outcome,
+        exit: Option<i32>,
+        abort_queue: bool,
+    ) -> Result<(), KernelError> {
         self.stop_proc().await;
         let started = self.spawn_proc().await;
-        match &started {
-            Ok(()) => {
-                let lang = self.inner.language.name().to_string();
-                self.notice(format!("{lang} restarted: a fresh process is ready"))
-                    .await
-            }
-            Err(e) => self.notice(format!("restart failed: {e}")).await,
+        let text = match &started {
+            Ok(()) => format!("{what}; a fresh process is ready"),
+            Err(e) => format!("{what}; restarting failed: {e}"),
+        };
+        self.notice(text).await;
+        self.end_current(outcome, exit).await;
+        if abort_queue {
+            self.abort_queue("the session was restarted").await;
         }
-        self.end_current(outcome, None).await;
         started
     }
 
     async fn restart(&mut self, why: &str) -> Result<(), KernelError> {
-        self.stop_proc().await;
-        if let Some(Current::Exec(mut ex)) = self.current.take() {
-            self.emit_error(&mut ex, "Restarted", &format!("the session was {why}"))
-                .await;
-            self.current = Some(Current::Exec(ex));
-        }
-        let r = self.spawn_proc().await;
+        self.error_in_exec("Restarted", &format!("the session was {why}"))
+            .await;
         let lang = self.inner.language.name().to_string();
-        match &r {
-            Ok(()) => self.notice(format!("{lang} {why}")).await,
-            Err(e) => {
-                self.notice(format!("{lang} could not be restarted: {e}"))
-                    .await
-            }
-        }
-        self.end_current(Outcome::Died, None).await;
-        self.abort_queue("the session was restarted").await;
-        r
+        self.replace_process(format!("{lang} {why}"), Outcome::Died, None, true)
+            .await
     }
 
-    /// The process is gone (exited, crashed, or killed) and its streams are drained. The running
-    /// execution learns why, then a fresh process is started and it is told so, then it ends.
+    /// The process is gone (exited, crashed, or killed) and its streams are drained.
     async fn on_gone(&mut self) {
         let Some(p) = self.proc.as_mut() else { return };
-        if p.killed {
-            return;
-        }
         let info = p.exited.clone().unwrap_or(ExitInfo {
             code: None,
             signal: None,
         });
-        // Let any frame still held through.
+        // Let any frame still held through, and what the decoders still hold.
         if let Some((f, _)) = p.held.take() {
             self.on_frame(f).await;
         }
-        self.proc = None; // Drop kills what is left and removes the run directory.
-        self.set_shared(|s| {
-            s.pid = None;
-            s.control = None;
-            s.pty_tx = None;
-            s.req_tx = None;
-        });
+        self.finish_decoders().await;
         let lang = self.inner.language.name().to_string();
         if info.signal.is_some() {
             self.emit_error_any("ProcessDied", &format!("the {lang} process {info}"))
                 .await;
         }
-        let text = match self.spawn_proc().await {
-            Ok(()) => format!("the {lang} process {info}; a fresh process is ready"),
-            Err(e) => format!("the {lang} process {info}; restarting failed: {e}"),
-        };
-        self.notice(text).await;
-        self.end_current(Outcome::Died, info.code).await;
+        let _ = self
+            .replace_process(
+                format!("the {lang} process {info}"),
+                Outcome::Died,
+                info.code,
+                false,
+            )
+            .await;
     }
 
     /// Finish whatever is current because the process is gone.
@@ -1776,7 +1857,6 @@ impl Actor {
         let Some(mut p) = self.proc.take() else {
             return;
         };
-        p.killed = true;
         p.control.kill_all();
         if p.exited.is_none() {
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut p.exit_rx).await;
@@ -1814,19 +1894,33 @@ impl Actor {
     }
 
     async fn close(&mut self) {
-        self.stop_proc().await;
-        if let Some(Current::Exec(mut ex)) = self.current.take() {
-            self.emit_error(&mut ex, "Closed", "the session was closed")
-                .await;
-            self.current = Some(Current::Exec(ex));
-        }
-        self.end_current(Outcome::Aborted, None).await;
-        self.abort_queue("the session was closed").await;
         self.close_idle_block().await;
-        self.set_shared(|s| {
-            s.state = SessionState::Closed;
-            s.queued = 0;
-        });
+        self.stop_proc().await;
+        self.error_in_exec("Closed", "the session was closed").await;
+        self.end_current(Outcome::Aborted, None).await;
+        self.set_shared(|s| s.state = SessionState::Closed);
+        // Whatever raced the close is refused, never left without an answer.
+        self.cmd_rx.close();
+        while let Ok(cmd) = self.cmd_rx.try_recv() {
+            self.deferred.push_back(cmd);
+        }
+        for cmd in std::mem::take(&mut self.deferred) {
+            match cmd {
+                Cmd::Execute { id, code, opts, tx } => {
+                    self.queue.push_back(Work::Exec { id, code, opts, tx })
+                }
+                Cmd::Query { req, tx } => self.queue.push_back(Work::Query { req, tx }),
+                Cmd::Restart(tx) => {
+                    let _ = tx.send(Err(KernelError::Closed(self.inner.id.clone())));
+                }
+                Cmd::Close(tx) => {
+                    let _ = tx.send(());
+                }
+                Cmd::Cancel(_) => {}
+            }
+        }
+        self.abort_queue("the session was closed").await;
+        self.set_shared(|s| s.queued = 0);
     }
 }
 

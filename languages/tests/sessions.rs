@@ -376,3 +376,140 @@ display({'image/png': base64.b64encode(png(300, 100)).decode(), 'text/plain': '<
     assert_eq!((small.width, small.height), (60, 20));
     assert!(image.bundle.contains_key("text/plain"));
 }
+
+// Regressions found in review; each test is named after the defect it pins down.
+
+#[tokio::test]
+async fn regression_unread_execution_does_not_block_restart_or_close() {
+    let kernel = Kernel::new(KernelConfig::default());
+    let s = session(&kernel, "python").await;
+    let unread = s
+        .execute(
+            "for i in range(200000):\n    print(i, flush=True)",
+            ExecOptions::default(),
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::timeout(Duration::from_secs(10), s.restart())
+        .await
+        .expect("restart is not wedged by a consumer that stopped reading")
+        .unwrap();
+    assert_eq!(
+        stdout(&run_with(&s, "print('ok')", ExecOptions::default()).await),
+        "ok\n"
+    );
+    tokio::time::timeout(Duration::from_secs(10), kernel.close_session(s.id()))
+        .await
+        .expect("close is not wedged")
+        .unwrap();
+    drop(unread);
+}
+
+#[tokio::test]
+async fn regression_cap_keeps_order_across_a_utf8_cut() {
+    let kernel = Kernel::new(KernelConfig::default());
+    let s = session(&kernel, "bash").await;
+    // Cap 5: a 3-byte head whose cut falls inside "é", and a 2-byte tail.
+    let chunks = run_with(
+        &s,
+        "printf 'ab\\xc3\\xa9'; sleep 0.3; printf c",
+        ExecOptions {
+            output_cap: Some(5),
+            ..ExecOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(stdout(&chunks), "abc");
+    assert_eq!(finished(&chunks).bytes_dropped, 2);
+}
+
+#[tokio::test]
+async fn regression_capped_tail_precedes_a_later_error() {
+    let kernel = Kernel::new(KernelConfig::default());
+    let s = session(&kernel, "python").await;
+    let chunks = run_with(
+        &s,
+        "print('x' * 300 + 'END')\n1/0",
+        ExecOptions {
+            output_cap: Some(100),
+            ..ExecOptions::default()
+        },
+    )
+    .await;
+    let end_at = chunks
+        .iter()
+        .position(
+            |c| matches!(&c.body, Body::Console { content: Some(t), .. } if t.contains("END")),
+        )
+        .expect("tail kept");
+    let error_at = chunks
+        .iter()
+        .position(|c| matches!(&c.body, Body::Error { content: Some(_) }))
+        .expect("error");
+    assert!(end_at < error_at, "{chunks:#?}");
+}
+
+#[tokio::test]
+async fn regression_huge_timeout_does_not_panic_the_session() {
+    let kernel = Kernel::new(KernelConfig::default());
+    let s = session(&kernel, "bash").await;
+    let chunks = run_with(
+        &s,
+        "echo fine",
+        ExecOptions {
+            timeout: Some(Duration::MAX),
+            ..ExecOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(stdout(&chunks), "fine\n");
+    assert_eq!(finished(&chunks).outcome, Some(Outcome::Ok));
+}
+
+#[tokio::test]
+async fn regression_dropping_every_handle_ends_the_process() {
+    let kernel = Kernel::new(KernelConfig::default());
+    let language = spindle_languages::language("bash", &interpreters()).unwrap();
+    let s = kernel
+        .start_detached(SessionSpec::new(language))
+        .await
+        .unwrap();
+    let pid = s.info().pid.unwrap();
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pid_alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!pid_alive(pid), "process {pid} outlived every handle");
+}
+
+#[tokio::test]
+async fn regression_execute_racing_close_is_always_answered() {
+    let kernel = Kernel::new(KernelConfig::default());
+    let s = session(&kernel, "bash").await;
+    let closer = {
+        let s = s.clone();
+        tokio::spawn(async move { s.close().await })
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    if let Ok(exec) = s.execute("echo hi", ExecOptions::default()) {
+        let chunks = tokio::time::timeout(Duration::from_secs(10), exec.collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert!(
+            chunks.last().is_some_and(|c| c.is_finished()),
+            "an accepted execution ends with `finished`: {chunks:#?}"
+        );
+    }
+    closer.await.unwrap();
+}
+
+#[tokio::test]
+async fn regression_split_utf8_stays_in_its_execution() {
+    let kernel = Kernel::new(KernelConfig::default());
+    let s = session(&kernel, "bash").await;
+    let first = run_with(&s, "printf 'a\\xc3'", ExecOptions::default()).await;
+    let second = run_with(&s, "printf '\\xa9b'", ExecOptions::default()).await;
+    assert_eq!(stdout(&first), "a\u{FFFD}");
+    assert_eq!(stdout(&second), "\u{FFFD}b");
+}
