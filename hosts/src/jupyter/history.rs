@@ -1,0 +1,455 @@
+//! Execution history for `history_request`, kept per language across kernel runs.
+//!
+//! The store is a JSON Lines file, `$XDG_DATA_HOME/spindle/history/<language>.jsonl`
+//! (`~/.local/share/…` by default): one object per line, either a session marker
+//! `{"session":7,"started":"…"}` or an entry `{"session":7,"line":3,"input":"…","output":"…"}`.
+//! Appending a line is cheap and never rewrites the file. Each kernel run (and each restart)
+//! claims a new session number under an exclusive `flock`, so two kernels started together
+//! never share one; entries carry the session number, so `range` requests work across runs.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// Entries kept in memory (and in the file after compaction).
+const KEEP: usize = 20_000;
+/// Compact the file when it holds more lines than this.
+const COMPACT_AT: usize = 2 * KEEP;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub session: u64,
+    pub line: u64,
+    pub input: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Entry(Entry),
+    Session { session: u64, started: String },
+}
+
+/// Which entries a request asks for.
+#[derive(Debug, Clone)]
+pub enum Access {
+    Tail {
+        n: usize,
+    },
+    /// `session` is absolute when positive; 0 is the current session and negative values count
+    /// back from it. `stop == 0` means "to the end".
+    Range {
+        session: i64,
+        start: u64,
+        stop: u64,
+    },
+    /// A glob (`*`, `?`, `[…]`) over the whole input; `n` keeps the last n matches.
+    Search {
+        pattern: String,
+        unique: bool,
+        n: Option<usize>,
+    },
+}
+
+struct State {
+    entries: Vec<Entry>,
+    session: u64,
+}
+
+/// One language's history.
+pub struct History {
+    path: Option<PathBuf>,
+    state: Mutex<State>,
+    /// Appends go to a writer thread, off the request path.
+    writer: Option<Mutex<std::sync::mpsc::Sender<Line>>>,
+}
+
+impl History {
+    /// Open (or create) the store for `language` and claim a session number. Failures to read
+    /// or write the file are logged and leave an in-memory history.
+    pub fn open(language: &str) -> Self {
+        let path = history_dir().map(|d| d.join(format!("{language}.jsonl")));
+        let mut state = State {
+            entries: Vec::new(),
+            session: 1,
+        };
+        if let Some(p) = &path {
+            match load_and_claim(p) {
+                Ok((entries, session)) => {
+                    state.entries = entries;
+                    state.session = session;
+                }
+                Err(e) => tracing::warn!(error = %e, path = %p.display(), "history unavailable"),
+            }
+        }
+        let writer = path.clone().and_then(|p| {
+            let (tx, rx) = std::sync::mpsc::channel::<Line>();
+            std::thread::Builder::new()
+                .name("spindle-history".into())
+                .spawn(move || {
+                    for line in rx {
+                        if let Err(e) = append(&p, &line) {
+                            tracing::warn!(error = %e, "history: cannot append");
+                        }
+                    }
+                })
+                .ok()
+                .map(|_| Mutex::new(tx))
+        });
+        Self {
+            path,
+            state: Mutex::new(state),
+            writer,
+        }
+    }
+
+    /// An in-memory history that is never written.
+    pub fn disabled() -> Self {
+        Self {
+            path: None,
+            state: Mutex::new(State {
+                entries: Vec::new(),
+                session: 1,
+            }),
+            writer: None,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn session(&self) -> u64 {
+        self.state.lock().expect("history").session
+    }
+
+    /// Start a new session (after a restart).
+    pub fn new_session(&self) {
+        let claimed = self.path.as_ref().and_then(|p| match load_and_claim(p) {
+            Ok((_, s)) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "history: cannot claim a session");
+                None
+            }
+        });
+        let mut st = self.state.lock().expect("history");
+        st.session = claimed.unwrap_or(st.session + 1).max(st.session + 1);
+    }
+
+    /// Record one execution.
+    pub fn record(&self, line: u64, input: &str, output: Option<String>) {
+        let entry = {
+            let mut st = self.state.lock().expect("history");
+            let entry = Entry {
+                session: st.session,
+                line,
+                input: input.to_string(),
+                output,
+            };
+            st.entries.push(entry.clone());
+            if st.entries.len() > KEEP + KEEP / 4 {
+                let cut = st.entries.len() - KEEP;
+                st.entries.drain(..cut);
+            }
+            entry
+        };
+        if let Some(w) = &self.writer {
+            let _ = w.lock().expect("history writer").send(Line::Entry(entry));
+        }
+    }
+
+    /// The entries a request asks for, oldest first.
+    pub fn query(&self, access: &Access) -> Vec<Entry> {
+        let st = self.state.lock().expect("history");
+        match access {
+            Access::Tail { n } => {
+                let from = st.entries.len().saturating_sub(*n);
+                st.entries[from..].to_vec()
+            }
+            Access::Range {
+                session,
+                start,
+                stop,
+            } => {
+                let want = if *session > 0 {
+                    *session as u64
+                } else {
+                    (st.session as i64 + session).max(0) as u64
+                };
+                st.entries
+                    .iter()
+                    .filter(|e| {
+                        e.session == want && e.line >= *start && (*stop == 0 || e.line < *stop)
+                    })
+                    .cloned()
+                    .collect()
+            }
+            Access::Search { pattern, unique, n } => {
+                let mut seen = HashSet::new();
+                let mut out: Vec<Entry> = Vec::new();
+                // Newest first, so `unique` keeps the latest of each input and `n` the last n.
+                for e in st.entries.iter().rev() {
+                    if !glob_match(pattern, &e.input) {
+                        continue;
+                    }
+                    if *unique && !seen.insert(e.input.as_str()) {
+                        continue;
+                    }
+                    out.push(e.clone());
+                    if n.is_some_and(|n| out.len() >= n) {
+                        break;
+                    }
+                }
+                out.reverse();
+                out
+            }
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/spindle/history`, else `~/.local/share/spindle/history`.
+fn history_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))?;
+    Some(base.join("spindle").join("history"))
+}
+
+fn open_locked(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    // SAFETY: flock on a descriptor we own; released when the file is closed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+fn append(path: &Path, line: &Line) -> std::io::Result<()> {
+    let mut text = serde_json::to_vec(line)?;
+    text.push(b'\n');
+    let mut f = open_locked(path)?;
+    f.write_all(&text)
+}
+
+/// Read the store, append a new session marker, and return the entries and the new number.
+fn load_and_claim(path: &Path) -> std::io::Result<(Vec<Entry>, u64)> {
+    let mut f = open_locked(path)?;
+    let mut entries = Vec::new();
+    let mut max_session = 0;
+    let mut lines = 0usize;
+    for line in BufReader::new(&f).lines() {
+        let line = line?;
+        lines += 1;
+        match serde_json::from_str::<Line>(&line) {
+            Ok(Line::Entry(e)) => {
+                max_session = max_session.max(e.session);
+                entries.push(e);
+            }
+            Ok(Line::Session { session, .. }) => max_session = max_session.max(session),
+            Err(_) => {} // a torn or foreign line: skip it
+        }
+    }
+    let session = max_session + 1;
+    if entries.len() > KEEP {
+        entries.drain(..entries.len() - KEEP);
+    }
+    if lines > COMPACT_AT {
+        // Rewrite with what is kept; the lock is held, so no append is lost.
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let mut out = std::io::BufWriter::new(File::create(&tmp)?);
+        for e in &entries {
+            serde_json::to_writer(&mut out, &Line::Entry(e.clone()))?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        drop(out);
+        std::fs::rename(&tmp, path)?;
+        f = open_locked(path)?;
+    }
+    let marker = Line::Session {
+        session,
+        started: chrono::Utc::now().to_rfc3339(),
+    };
+    let mut text = serde_json::to_vec(&marker)?;
+    text.push(b'\n');
+    f.write_all(&text)?;
+    Ok((entries, session))
+}
+
+/// SQLite-style GLOB: `*` any run, `?` one character, `[abc]`/`[a-z]`/`[^x]` a class.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() {
+            match p[pi] {
+                '*' => {
+                    star = Some((pi, ti));
+                    pi += 1;
+                    continue;
+                }
+                '?' => {
+                    pi += 1;
+                    ti += 1;
+                    continue;
+                }
+                '[' => {
+                    if let Some((matched, next)) = class_match(&p, pi, t[ti]) {
+                        if matched {
+                            pi = next;
+                            ti += 1;
+                            continue;
+                        }
+                    } else if t[ti] == '[' {
+                        pi += 1;
+                        ti += 1;
+                        continue;
+                    }
+                }
+                c if c == t[ti] => {
+                    pi += 1;
+                    ti += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star {
+            Some((sp, st)) => {
+                pi = sp + 1;
+                ti = st + 1;
+                star = Some((sp, st + 1));
+            }
+            None => return false,
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Match `c` against the class opening at `p[at] == '['`: (matched, index after `]`), or None
+/// when the class is not closed.
+fn class_match(p: &[char], at: usize, c: char) -> Option<(bool, usize)> {
+    let mut i = at + 1;
+    let negate = i < p.len() && p[i] == '^';
+    if negate {
+        i += 1;
+    }
+    let mut found = false;
+    let mut first = true;
+    while i < p.len() && (p[i] != ']' || first) {
+        first = false;
+        if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
+            if p[i] <= c && c <= p[i + 2] {
+                found = true;
+            }
+            i += 3;
+        } else {
+            if p[i] == c {
+                found = true;
+            }
+            i += 1;
+        }
+    }
+    if i >= p.len() {
+        return None;
+    }
+    Some((found != negate, i + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob() {
+        assert!(glob_match("1?2*", "1+2+3"));
+        assert!(!glob_match("1?2*", "[n*n for n in range(1, 4)]"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("*range*", "[n*n for n in range(1, 4)]"));
+        assert!(glob_match("a[bc]d", "acd"));
+        assert!(!glob_match("a[^bc]d", "acd"));
+        assert!(glob_match("a[0-9]", "a7"));
+        assert!(!glob_match("abc", "abcd"));
+        assert!(glob_match("ab*", "ab"));
+    }
+
+    #[test]
+    fn queries() {
+        let h = History::disabled();
+        for (i, code) in ["1+2+3", "x = 1", "1+2+3", "print(x)"].iter().enumerate() {
+            h.record(i as u64 + 1, code, None);
+        }
+        let tail = h.query(&Access::Tail { n: 2 });
+        assert_eq!(tail.iter().map(|e| e.line).collect::<Vec<_>>(), vec![3, 4]);
+        let range = h.query(&Access::Range {
+            session: 0,
+            start: 2,
+            stop: 3,
+        });
+        assert_eq!(range.len(), 1);
+        assert_eq!(range[0].input, "x = 1");
+        let s = h.query(&Access::Search {
+            pattern: "1?2*".into(),
+            unique: false,
+            n: None,
+        });
+        assert_eq!(s.len(), 2);
+        let u = h.query(&Access::Search {
+            pattern: "1?2*".into(),
+            unique: true,
+            n: None,
+        });
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].line, 3);
+        h.new_session();
+        assert_eq!(h.session(), 2);
+        h.record(1, "y", None);
+        assert_eq!(
+            h.query(&Access::Range {
+                session: -1,
+                start: 1,
+                stop: 0
+            })
+            .len(),
+            4
+        );
+    }
+
+    #[test]
+    fn persisted_across_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("py.jsonl");
+        let (e, s1) = load_and_claim(&p).unwrap();
+        assert!(e.is_empty());
+        append(
+            &p,
+            &Line::Entry(Entry {
+                session: s1,
+                line: 1,
+                input: "a".into(),
+                output: Some("1".into()),
+            }),
+        )
+        .unwrap();
+        let (e, s2) = load_and_claim(&p).unwrap();
+        assert_eq!(s2, s1 + 1);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].output.as_deref(), Some("1"));
+    }
+}
