@@ -65,6 +65,7 @@ class BashKernel(jkt.KernelTests):
                  "display /tmp/spindle-jkt.svg; rm -f /tmp/spindle-jkt.svg", "mime": "image/svg+xml"},
     ]
     code_inspect_sample = "echo"
+    code_clear_output = "clear_output"
     # Bash has no values, so no execute_result, and jupyter_kernel_test's history test (which
     # replays execute_result samples) cannot run; test_history below covers history instead.
 

@@ -327,6 +327,14 @@ display_html() {
 	__sp_msg "{\"type\":\"display\",\"data\":{\"text/html\":$__sp_j,\"text/plain\":\"<HTML>\"},\"metadata\":{},\"display_id\":null,\"update\":false}"
 }
 
+# clear_output [--wait]: clear what this execution has shown so far (with --wait, when the next
+# output arrives).
+clear_output() {
+	local wait=false
+	[[ ${1-} == --wait ]] && wait=true
+	__sp_msg "{\"type\":\"clear_output\",\"wait\":$wait}"
+}
+
 # display_file PATH [MIME]: report a file the code produced.
 display_file() {
 	local f=${1-} mime=${2-}
