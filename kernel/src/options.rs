@@ -31,7 +31,7 @@ impl Default for KernelConfig {
             launcher: Arc::new(LocalPtyLauncher),
             start_timeout: Duration::from_secs(20),
             interrupt_grace: Duration::from_secs(2),
-            watch_capacity: 4096,
+            watch_capacity: 256,
             pty_size: (24, 80),
         }
     }

@@ -70,7 +70,6 @@ struct Shared {
     language_version: Option<String>,
     starts: u64,
     control: Option<Arc<dyn ProcessControl>>,
-    pty_tx: Option<std::sync::mpsc::Sender<Vec<u8>>>,
     req_tx: Option<std::sync::mpsc::Sender<Outbound>>,
     input_pending: bool,
     running: Option<String>,
@@ -170,7 +169,6 @@ impl Session {
                 language_version: None,
                 starts: 0,
                 control: None,
-                pty_tx: None,
                 req_tx: None,
                 input_pending: false,
                 running: None,
@@ -190,6 +188,7 @@ impl Session {
             idle_block: None,
             deferred: VecDeque::new(),
         };
+        inner.shared.lock().expect("session state").state = SessionState::Idle;
         tokio::spawn(actor.run());
         Ok(Session { inner, cmd_tx })
     }
@@ -235,7 +234,8 @@ impl Session {
             .id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let (tx, rx) = mpsc::channel(1024);
+        // Chunks are up to 1 MiB: keep the per-execution buffer small (back-pressure does the rest).
+        let (tx, rx) = mpsc::channel(64);
         self.inner.shared.lock().expect("session state").queued += 1;
         self.cmd_tx
             .send(Cmd::Execute {
@@ -304,14 +304,19 @@ impl Session {
     }
 
     /// Write raw bytes to the terminal, for programs that read it (`read`, `sudo`, y/n prompts).
+    /// The bytes travel behind any request already on its way, so they can never reach the
+    /// terminal before the command line of the execution they are meant for.
     pub fn write_stdin(&self, bytes: &[u8]) -> Result<(), KernelError> {
         let s = self.inner.shared.lock().expect("session state");
-        match (&s.pty_tx, s.state) {
+        match (&s.req_tx, s.state) {
             (_, SessionState::Closed) | (None, _) => {
                 Err(KernelError::Closed(self.inner.id.clone()))
             }
             (Some(tx), _) => tx
-                .send(bytes.to_vec())
+                .send(Outbound {
+                    pty: bytes.to_vec(),
+                    ..Outbound::default()
+                })
                 .map_err(|_| KernelError::Closed(self.inner.id.clone())),
         }
     }
@@ -605,7 +610,7 @@ impl Proc {
         let mut s = inner.shared.lock().expect("session state");
         s.pid = proc.control.pid();
         s.control = Some(proc.control.clone());
-        s.pty_tx = Some(term_tx);
+        drop(term_tx);
         s.req_tx = Some(req_tx);
         s.input_pending = false;
         s.starts += 1;
@@ -1865,7 +1870,6 @@ impl Actor {
             s.state = SessionState::Starting;
             s.pid = None;
             s.control = None;
-            s.pty_tx = None;
             s.req_tx = None;
         });
         drop(p);

@@ -215,6 +215,11 @@ __sp_prompt() {
 			extra=",\"user_expressions\":$__sp_ue_json"
 		fi
 	fi
+	# Typed input that no program read must not become the next command line: drop it.
+	while read -r -t 0 <&0 2>/dev/null; do
+		read -r -t 0.01 -N 65536 __sp_junk <&0 2>/dev/null || break
+	done
+	unset __sp_junk
 	__sp_json "$id"
 	local exit_status=$st
 	[[ $kind == q ]] && exit_status=0
