@@ -1,0 +1,268 @@
+//! The native API on the wire: checking incoming `[identity, signature, json]` messages, and
+//! signing outgoing replies and events with bounded memory.
+//!
+//! Memory is bounded by *byte budgets* (tokio semaphores whose permits are bytes): each outgoing
+//! message holds its permits inside the `Bytes` that ZeroMQ queues, so they come back only when
+//! the socket has encoded the message for the wire (or dropped it). A client that stops reading
+//! therefore pins at most its own budget, and the PUB side at most the event budget.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+use spindle_protocol::native::{ErrorCode, Reply, ReplyBody, Request};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use zeromq::{RouterSendHalf, SocketSend, ZmqMessage};
+
+use crate::auth::Signer;
+
+/// Longest request id accepted.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// The zeromq crate queues up to 100 000 messages per peer; charging every message at least
+/// budget / 50 000 bytes keeps its queues from filling (a full queue would block our sends).
+const MAX_MESSAGES_IN_FLIGHT: usize = 50_000;
+
+/// A request that passed every check.
+#[derive(Debug)]
+pub struct Checked {
+    pub identity: Bytes,
+    pub request: Request,
+}
+
+/// A request that failed a check: what to answer, if it can be addressed.
+#[derive(Debug)]
+pub struct Rejected {
+    pub identity: Bytes,
+    pub id: Option<String>,
+    pub code: ErrorCode,
+    pub reason: String,
+}
+
+/// Check one message from the ROUTER socket: size, frames, signature, JSON, shape. Nothing here
+/// trusts the peer: every failure becomes a [`Rejected`], never a panic.
+pub fn check(msg: ZmqMessage, signer: &Signer, max_message: usize) -> Result<Checked, Rejected> {
+    let mut frames = msg.into_vec().into_iter();
+    // The ROUTER socket puts the peer's identity first; it is always there.
+    let identity = frames.next().unwrap_or_default();
+    let frames: Vec<Bytes> = frames.collect();
+    let reject = |code, reason: String, id: Option<String>| Rejected {
+        identity: identity.clone(),
+        id,
+        code,
+        reason,
+    };
+    let size: usize = frames.iter().map(Bytes::len).sum();
+    if size > max_message {
+        return Err(reject(
+            ErrorCode::TooLarge,
+            format!("the message is {size} bytes; this host accepts at most {max_message} (--max-message)"),
+            None,
+        ));
+    }
+    if frames.len() != 2 {
+        return Err(reject(
+            ErrorCode::BadFrames,
+            format!("expected 2 frames [signature, json], got {}", frames.len()),
+            None,
+        ));
+    }
+    let (signature, json) = (&frames[0], &frames[1]);
+    if signature.is_empty() || !signer.verify(signature, &[json]) {
+        return Err(reject(
+            ErrorCode::BadSignature,
+            if signature.is_empty() {
+                "the signature frame is empty; sign the JSON frame with HMAC-SHA256 and the key of the connection file".into()
+            } else {
+                "the signature does not match the message (HMAC-SHA256 of the JSON frame, hex, keyed with the connection file's key)".into()
+            },
+            None,
+        ));
+    }
+    let value: Value = serde_json::from_slice(json)
+        .map_err(|e| reject(ErrorCode::BadJson, format!("invalid JSON: {e}"), None))?;
+    let id = value.get("id").and_then(Value::as_str).map(str::to_string);
+    if let Some(id) = &id {
+        if id.len() > MAX_ID_BYTES {
+            return Err(reject(
+                ErrorCode::BadRequest,
+                format!(
+                    "the request id is {} bytes; at most {MAX_ID_BYTES} are allowed",
+                    id.len()
+                ),
+                None,
+            ));
+        }
+    }
+    let request: Request = serde_json::from_value(value).map_err(|e| {
+        reject(
+            ErrorCode::BadRequest,
+            format!("not a valid request: {e}"),
+            id.clone(),
+        )
+    })?;
+    Ok(Checked { identity, request })
+}
+
+/// JSON bytes that hold budget permits until ZeroMQ is done with them.
+struct Charged {
+    json: Vec<u8>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl AsRef<[u8]> for Charged {
+    fn as_ref(&self) -> &[u8] {
+        &self.json
+    }
+}
+
+/// A byte budget.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    sem: Arc<Semaphore>,
+    total: usize,
+    min_charge: usize,
+}
+
+/// How long to wait for budget.
+#[derive(Debug, Clone, Copy)]
+pub enum Wait {
+    /// Give up at once.
+    No,
+    /// Give up after this long.
+    Upto(Duration),
+}
+
+impl Budget {
+    pub fn new(total: usize) -> Self {
+        let total = total.clamp(1 << 16, u32::MAX as usize);
+        Self {
+            sem: Arc::new(Semaphore::new(total)),
+            total,
+            min_charge: (total / MAX_MESSAGES_IN_FLIGHT).max(64),
+        }
+    }
+
+    /// Permits for a message of `len` bytes, or None when the budget stays exhausted.
+    async fn charge(&self, len: usize, wait: Wait) -> Option<OwnedSemaphorePermit> {
+        // A message larger than the whole budget waits for all of it.
+        let n = len.max(self.min_charge).min(self.total) as u32;
+        match wait {
+            Wait::No => self.sem.clone().try_acquire_many_owned(n).ok(),
+            Wait::Upto(d) => tokio::time::timeout(d, self.sem.clone().acquire_many_owned(n))
+                .await
+                .ok()
+                .and_then(Result::ok),
+        }
+    }
+
+    /// Serialise, sign and charge one message: `[signature, json]` frames.
+    pub async fn frames<T: Serialize>(
+        &self,
+        signer: &Signer,
+        msg: &T,
+        wait: Wait,
+    ) -> Option<[Bytes; 2]> {
+        let json = match serde_json::to_vec(msg) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise a message");
+                return None;
+            }
+        };
+        let permit = self.charge(json.len(), wait).await?;
+        let signature = Bytes::from(signer.sign(&[&json]));
+        let body = Bytes::from_owner(Charged {
+            json,
+            _permit: Some(permit),
+        });
+        Some([signature, body])
+    }
+}
+
+/// What became of a message sent to a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    Yes,
+    /// Its budget stayed full: the client reads too slowly.
+    Stalled,
+    /// The client is not connected any more.
+    Gone,
+}
+
+/// One client (a DEALER identity) and its reply budget.
+pub struct Client {
+    pub identity: Bytes,
+    router: RouterSendHalf,
+    budget: Budget,
+    signer: Signer,
+    /// How long a reply may wait for budget before this client counts as stalled.
+    pub patience: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("tag", &self.tag()).finish()
+    }
+}
+
+impl Client {
+    pub fn new(
+        identity: Bytes,
+        router: RouterSendHalf,
+        budget: usize,
+        signer: Signer,
+        patience: Duration,
+    ) -> Self {
+        Self {
+            identity,
+            router,
+            budget: Budget::new(budget),
+            signer,
+            patience,
+        }
+    }
+
+    /// A short printable tag for logs (never the key, never message contents).
+    pub fn tag(&self) -> String {
+        hex::encode(&self.identity[..self.identity.len().min(8)])
+    }
+
+    /// Nothing of this client's is waiting in ZeroMQ's queues.
+    pub fn idle(&self) -> bool {
+        self.budget.sem.available_permits() == self.budget.total
+    }
+
+    /// At least half of the budget is free again: a stalled client has caught up.
+    pub fn recovered(&self) -> bool {
+        self.budget.sem.available_permits() >= self.budget.total / 2
+    }
+
+    pub async fn send(&self, reply: &Reply, wait: Wait) -> Sent {
+        let Some([sig, body]) = self.budget.frames(&self.signer, reply, wait).await else {
+            return Sent::Stalled;
+        };
+        let msg = match ZmqMessage::try_from(vec![self.identity.clone(), sig, body]) {
+            Ok(m) => m,
+            Err(_) => return Sent::Gone,
+        };
+        match self.router.clone().send(msg).await {
+            Ok(()) => Sent::Yes,
+            Err(e) => {
+                tracing::debug!(client = %self.tag(), error = %e, "reply not delivered");
+                Sent::Gone
+            }
+        }
+    }
+
+    /// Send an error reply.
+    pub async fn error(&self, id: Option<String>, code: ErrorCode, reason: String) -> Sent {
+        let reply = Reply {
+            id,
+            body: ReplyBody::Error { code, reason },
+        };
+        self.send(&reply, Wait::Upto(self.patience)).await
+    }
+}
