@@ -1,7 +1,7 @@
 //! End-to-end tests of the bash language: a real interactive bash driven through the kernel.
 
 mod common;
-use common::{console, run, run_with, status, stdout};
+use common::{active_lines, console, run, run_with, status, stdout};
 
 use std::time::{Duration, Instant};
 
@@ -277,17 +277,7 @@ async fn active_lines_and_user_expressions() {
         .insert("double".into(), json!("echo $((n * 2))"));
     opts.user_expressions.insert("bad".into(), json!("false"));
     let c = run_with(&s, "n=2\necho one\n\necho two", opts).await;
-    let lines: Vec<u32> = c
-        .iter()
-        .filter_map(|c| match &c.body {
-            Body::Console {
-                format: ConsoleFormat::ActiveLine,
-                line: Some(l),
-                ..
-            } => Some(*l),
-            _ => None,
-        })
-        .collect();
+    let lines = active_lines(&c);
     assert_eq!(lines, [1, 2, 4], "{c:#?}");
     let exprs = match &c.last().unwrap().body {
         Body::Status {

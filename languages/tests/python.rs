@@ -5,7 +5,7 @@
 //! `$SPINDLE_TEST_PYTHON`.
 
 mod common;
-use common::{console, run, run_with, status as finished, stdout};
+use common::{active_lines, console, run, run_with, status as finished, stdout};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -559,17 +559,7 @@ async fn active_lines_report_the_cell_lines_only() {
         ..Default::default()
     };
     let chunks = run_with(&s, "a = 1\nb = helper(a)\nprint(b)", opts).await;
-    let lines: Vec<u32> = chunks
-        .iter()
-        .filter_map(|c| match &c.body {
-            Body::Console {
-                format: ConsoleFormat::ActiveLine,
-                line: Some(l),
-                ..
-            } => Some(*l),
-            _ => None,
-        })
-        .collect();
+    let lines = active_lines(&chunks);
     // helper() was defined by another execution: its line is not reported.
     assert_eq!(lines, vec![1, 2, 3]);
     assert_eq!(stdout(&chunks), "2\n");

@@ -55,3 +55,18 @@ pub fn status(chunks: &[Chunk]) -> StatusContent {
         other => panic!("last chunk is not `finished`: {other:?}"),
     }
 }
+
+/// The lines reported by `active_line` chunks, in order.
+pub fn active_lines(chunks: &[Chunk]) -> Vec<u32> {
+    chunks
+        .iter()
+        .filter_map(|c| match &c.body {
+            Body::Console {
+                format: ConsoleFormat::ActiveLine,
+                line: Some(l),
+                ..
+            } => Some(*l),
+            _ => None,
+        })
+        .collect()
+}
