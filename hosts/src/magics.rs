@@ -62,6 +62,18 @@ pub enum Limit<T> {
     Set(T),
 }
 
+impl<T> Limit<T> {
+    /// Apply a `%timeout`/`%cap` argument to a setting: `off` clears it, a value sets it, and no
+    /// argument leaves it as it is.
+    pub fn apply(arg: Option<Limit<T>>, setting: &mut Option<T>) {
+        match arg {
+            Some(Limit::Off) => *setting = None,
+            Some(Limit::Set(v)) => *setting = Some(v),
+            None => {}
+        }
+    }
+}
+
 /// Why an input that starts with `%` is not a magic Spindle can run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MagicError {

@@ -396,11 +396,7 @@ impl<B: Backend> Repl<B> {
             Magic::Reset { target } => self.reset(target),
             Magic::Sessions => self.list_sessions(),
             Magic::Timeout(v) => {
-                match v {
-                    Some(Limit::Off) => self.timeout = None,
-                    Some(Limit::Set(s)) => self.timeout = Some(s),
-                    None => {}
-                }
+                Limit::apply(v, &mut self.timeout);
                 let text = match self.timeout {
                     Some(s) => format!("timeout: {s} s per execution"),
                     None => "timeout: off".to_string(),
@@ -408,11 +404,7 @@ impl<B: Backend> Repl<B> {
                 let _ = self.render.info(&text);
             }
             Magic::Cap(v) => {
-                match v {
-                    Some(Limit::Off) => self.cap = None,
-                    Some(Limit::Set(n)) => self.cap = Some(n),
-                    None => {}
-                }
+                Limit::apply(v, &mut self.cap);
                 let text = match self.cap {
                     Some(n) => format!("output cap: {n} bytes per execution"),
                     None => "output cap: off".to_string(),
