@@ -242,6 +242,34 @@ async fn interrupt_stops_sleep_promptly_and_keeps_state() {
     assert_eq!(result_text(&after), "'still here'");
 }
 
+/// CPython's C handler only marks a SIGINT; when it runs outside the main thread's blocking call
+/// (here on a user thread, which does not block SIGINT; in the wild also just before the main
+/// thread enters `time.sleep`), nothing wakes the main thread. The bootstrap's watchdog must
+/// re-deliver it to the main thread instead of letting the sleep run its course.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_landing_on_another_thread_still_stops_sleep() {
+    let (_k, s) = python().await;
+    let t = Instant::now();
+    let chunks = run(
+        &s,
+        "import signal, threading, time\n\
+         threading.Thread(target=lambda: (time.sleep(0.2), \
+         signal.pthread_kill(threading.get_ident(), signal.SIGINT))).start()\n\
+         time.sleep(60)",
+    )
+    .await;
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(5), "interrupt took {took:?}");
+    assert_eq!(outcome(&chunks), Outcome::Interrupted);
+    let errs = errors(&chunks);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].name, "KeyboardInterrupt");
+    // The session lives on, and a later execution is not hit by a stale re-delivery.
+    let after = run(&s, "import time; time.sleep(0.3); 1 + 1").await;
+    assert_eq!(outcome(&after), Outcome::Ok);
+    assert_eq!(result_text(&after), "2");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_megabytes_of_stdout_arrive_byte_exact() {
     let (_k, s) = python().await;

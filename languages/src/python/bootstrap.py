@@ -56,6 +56,9 @@ class _State:
         self.crit = 0  # main thread is writing frames: defer SIGINT
         self.pending_int = False
         self.executing = False
+        self.gen = 0  # counts executions, so the SIGINT watchdog never re-sends into a later one
+        self.sigr = -1  # signal wakeup pipe (read end, non-blocking), drained by _on_sigint
+        self.sigw = -1  # ... and its write end, given to signal.set_wakeup_fd
         self.allow_stdin = True
         self.child = False  # we are a forked child: no frames, write to the fds directly
         self.rbuf = bytearray()  # request bytes not yet split into lines
@@ -225,6 +228,10 @@ def _arm():
 
 
 def _start_flusher():
+    _start_thread(_flusher_loop)
+
+
+def _start_thread(fn):
     # The thread starts with every signal blocked (it inherits the mask): a SIGINT the kernel
     # delivers to it would not wake the main thread out of time.sleep() or a blocking read.
     try:
@@ -232,7 +239,7 @@ def _start_flusher():
     except (AttributeError, OSError, ValueError):
         old = None
     try:
-        _thread.start_new_thread(_flusher_loop, ())
+        _thread.start_new_thread(fn, ())
     finally:
         if old is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
@@ -504,12 +511,91 @@ class _TextWriter(io.TextIOBase):
 def _on_sigint(signum, frame):
     if S.child:
         raise KeyboardInterrupt
+    _drain_sig()  # tells the watchdog that this SIGINT reached us
     if not S.executing:
         return  # idle: an interrupt has nothing to stop
     if S.crit:
         S.pending_int = True  # raised once the frame being written is complete
         return
     raise KeyboardInterrupt
+
+
+# SIGINT watchdog. CPython's C-level handler only marks the signal; the Python handler runs later,
+# in the main thread, between bytecodes. When that C handler ran anywhere but inside the main
+# thread's blocking call (on another thread: user and library threads do not block SIGINT; or on
+# the main thread just before it entered time.sleep(), a lock or a read), nothing wakes the main
+# thread and the interrupt waits until the call returns by itself: a lost Ctrl-C. The C handler
+# also writes a byte to the wakeup fd. This thread sees it and, if _on_sigint has not drained
+# the pipe soon after and an execution is still running, sends SIGINT to the main thread
+# itself (pthread_kill), which interrupts the blocking call so that the handler runs.
+
+
+def _start_sigwatch():
+    try:
+        r, w = os.pipe()
+    except OSError:
+        return
+    try:
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except (AttributeError, OSError, ValueError):
+        os.close(r)
+        os.close(w)
+        return
+    S.sigr, S.sigw = r, w
+    _start_thread(_sigwatch_loop)
+
+
+def _claim_wakeup_fd():
+    """Put our wakeup fd back if something reset it (an asyncio loop's close() sets -1); leave
+    one that belongs to someone else (a running asyncio loop's signal handlers)."""
+    if S.sigw < 0:
+        return
+    try:
+        old = signal.set_wakeup_fd(S.sigw, warn_on_full_buffer=False)
+        if old != -1 and old != S.sigw:
+            signal.set_wakeup_fd(old)
+    except (OSError, ValueError):
+        pass
+
+
+def _drain_sig():
+    if S.sigr < 0:
+        return
+    try:
+        while os.read(S.sigr, 512):
+            pass
+    except OSError:
+        pass  # BlockingIOError: empty
+
+
+def _sig_waiting(timeout):
+    import select
+
+    return bool(select.select([S.sigr], [], [], timeout)[0])
+
+
+def _sigwatch_loop():
+    r = S.sigr
+    while True:
+        try:
+            _sig_waiting(None)
+            gen = S.gen
+            delay = 0.02
+            while True:
+                time.sleep(delay)
+                if not _sig_waiting(0):
+                    break  # _on_sigint ran
+                if not S.executing or S.gen != gen:
+                    _drain_sig()  # arrived while idle or for an execution that has ended
+                    break
+                signal.pthread_kill(_MAIN, signal.SIGINT)
+                delay = min(delay * 2, 0.5)  # main may be in C code that checks no signals
+        except BaseException:
+            if S.sigr != r:
+                return  # closed after a fork
+            time.sleep(0.1)
 
 
 def _before_fork():
@@ -523,6 +609,17 @@ def _after_fork_child():
     # A forked child (multiprocessing, os.fork) must not write frames into our event stream:
     # its language output goes straight to the PTY and stderr, rich output is dropped.
     S.child = True
+    if S.sigr >= 0:  # the watchdog thread did not survive the fork; its pipe must not be shared
+        try:
+            signal.set_wakeup_fd(-1)
+        except (OSError, ValueError):
+            pass
+        for fd in (S.sigr, S.sigw):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        S.sigr = S.sigw = -1
     try:
         if sys.stdout is S.stdout:
             sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
@@ -1226,6 +1323,13 @@ def _execute(req):
     S.allow_stdin = bool(req.get("allow_stdin", True))
     S.result_figs = ()
     status, exit_status, err = "ok", 0, None
+    # Nothing from an earlier request may leak into this one: the main thread is outside every
+    # frame-writing section here, and a SIGINT that arrived while idle is forgotten.
+    S.crit = 0
+    S.pending_int = False
+    S.gen += 1
+    _claim_wakeup_fd()
+    _drain_sig()
     S.executing = True
     try:
         try:
@@ -1524,6 +1628,7 @@ def _start():
     builtins.display_file = display_file
 
     signal.signal(signal.SIGINT, _on_sigint)
+    _start_sigwatch()
     os.register_at_fork(before=_before_fork, after_in_child=_after_fork_child)
     # os._exit too: what was printed just before it must not be lost in our buffer.
     for name in ("system", "posix_spawn", "posix_spawnp", "execv", "execve", "_exit"):
