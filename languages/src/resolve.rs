@@ -37,6 +37,7 @@ impl Interpreters {
         };
         let cmd = explicit
             .clone()
+            .filter(|s| !s.is_empty())
             .or_else(|| std::env::var(var).ok().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| default.to_string());
         (cmd, var)

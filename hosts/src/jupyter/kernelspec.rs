@@ -101,15 +101,26 @@ pub fn install(args: &InstallArgs, interp: &InterpreterArgs) -> anyhow::Result<(
 /// The kernelspec for one flavour.
 pub fn kernelspec(exe: &Path, f: &Flavour, interp: &InterpreterArgs) -> JupyterKernelspec {
     let mut argv = vec![exe.display().to_string()];
-    // Pin an interpreter chosen at install time (flag or environment variable).
+    // Pin the interpreter: the one chosen at install time (flag or environment variable), else
+    // the one PATH gives now, resolved to the real binary, so that no kernel start pays for a
+    // shim (pyenv's `python3` costs ~150 ms). One that cannot be found is left to the kernel,
+    // which reports it clearly at start.
     let chosen = match f.spindle {
         "python" => &interp.python,
         "bash" => &interp.bash,
         _ => &interp.node,
     };
-    if let Some(path) = chosen {
+    let pinned = match chosen {
+        Some(path) if !path.is_empty() => Some(absolute(path)),
+        _ => interp
+            .interpreters()
+            .resolve(f.spindle)
+            .ok()
+            .map(|r| r.path.display().to_string()),
+    };
+    if let Some(path) = pinned {
         argv.push(format!("--{}", f.spindle));
-        argv.push(absolute(path));
+        argv.push(path);
     }
     argv.extend(["kernel", "-f", "{connection_file}", "--language", f.spindle].map(String::from));
     let metadata: HashMap<String, serde_json::Value> = [
@@ -218,5 +229,19 @@ mod tests {
         let node = kernelspec(Path::new("/s"), &FLAVOURS[2], &interp);
         assert_eq!(node.language, "javascript");
         assert!(!node.argv.contains(&"--python".to_string()));
+    }
+
+    #[test]
+    fn regression_unpinned_interpreter_is_resolved_at_install_time() {
+        // Without a choice, the spec pins the real binary PATH gives now, not a shim.
+        let spec = kernelspec(Path::new("/s"), &FLAVOURS[0], &InterpreterArgs::default());
+        let at = spec
+            .argv
+            .iter()
+            .position(|a| a == "--python")
+            .expect("pinned");
+        let python = &spec.argv[at + 1];
+        assert!(Path::new(python).is_absolute(), "{python}");
+        assert!(!python.contains("shims"), "{python}");
     }
 }
