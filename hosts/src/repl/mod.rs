@@ -418,40 +418,19 @@ impl<B: Backend> Repl<B> {
             }
             Magic::Save { path } => {
                 let n = self.transcript.cells.len();
-                match std::fs::write(&path, self.transcript.to_json()) {
-                    Ok(()) => {
-                        let _ = self.render.info(&format!(
-                            "saved {n} cell{} to {}",
-                            plural(n),
-                            path.display()
-                        ));
-                    }
-                    Err(e) => {
-                        let _ = self
-                            .render
-                            .problem(&format!("cannot write {}: {e}", path.display()));
-                    }
-                }
+                let text = self.transcript.to_json();
+                self.write_report(&path, text, &format!("saved {n} cell{}", plural(n)));
             }
             Magic::Load { path } => self.load(&path),
             Magic::Jupyter { path } => {
                 let nb = self.transcript.to_notebook();
                 let text = serde_json::to_string_pretty(&nb).unwrap_or_default() + "\n";
                 let n = self.transcript.cells.len();
-                match std::fs::write(&path, text) {
-                    Ok(()) => {
-                        let _ = self.render.info(&format!(
-                            "wrote a notebook of {n} cell{} to {}",
-                            plural(n),
-                            path.display()
-                        ));
-                    }
-                    Err(e) => {
-                        let _ = self
-                            .render
-                            .problem(&format!("cannot write {}: {e}", path.display()));
-                    }
-                }
+                self.write_report(
+                    &path,
+                    text,
+                    &format!("wrote a notebook of {n} cell{}", plural(n)),
+                );
             }
             Magic::Help { topic } => {
                 let text = match topic {
@@ -567,6 +546,20 @@ impl<B: Backend> Repl<B> {
         let text =
             render::html::render_table(&table, term::width().saturating_sub(1), self.render.color);
         let _ = self.render.plain(&text);
+    }
+
+    /// Write `text` to `path` and say `what` ... `to PATH`, or why it could not be written.
+    fn write_report(&mut self, path: &Path, text: String, what: &str) {
+        match std::fs::write(path, text) {
+            Ok(()) => {
+                let _ = self.render.info(&format!("{what} to {}", path.display()));
+            }
+            Err(e) => {
+                let _ = self
+                    .render
+                    .problem(&format!("cannot write {}: {e}", path.display()));
+            }
+        }
     }
 
     fn load(&mut self, path: &Path) {
