@@ -4,7 +4,7 @@
 #
 # Usage: bench/jupyter_side_by_side.sh [REPEAT]      (REPEAT: suite repetitions, default 2)
 # Env:   VENV     a venv with jupyter_client, ipykernel, bash_kernel, psutil, matplotlib
-#                 (default: .venv at the repo root, else /tmp/venvwarm/v)
+#                 (default: .venv at the repo root, as scripts/test.sh creates it)
 #        OUT      directory for the JSON results (default: bench/jupyter_results/<date>)
 #        ONLY     measurements for kernel_bench.py --only (default: all)
 #        BASH_STREAM_BYTES  bytes for the bash stream cell (default 2000000: bash_kernel sends
@@ -20,7 +20,7 @@ harness=$(cd "$root/../shared/bench" 2>/dev/null && pwd)/kernel_bench.py
 repeat=${1:-2}
 venv=${VENV:-}
 if [[ -z $venv ]]; then
-	if [[ -x $root/.venv/bin/python ]]; then venv=$root/.venv; else venv=/tmp/venvwarm/v; fi
+	venv=$root/.venv
 fi
 py=$venv/bin/python
 out=${OUT:-$root/bench/jupyter_results/$(date -u +%Y%m%dT%H%M%SZ)}
