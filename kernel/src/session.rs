@@ -1057,7 +1057,7 @@ impl Actor {
         opts: ExecOptions,
         tx: mpsc::Sender<Chunk>,
     ) {
-        self.close_idle_block().await;
+        self.close_idle_block();
         let counts = opts.store_history && !opts.silent;
         let count = {
             let mut s = self.inner.shared.lock().expect("session state");
@@ -1360,7 +1360,7 @@ impl Actor {
             return;
         }
         let Some(Current::Exec(ex)) = &mut self.current else {
-            self.idle_console(format, text).await;
+            self.idle_console(format, text);
             return;
         };
         if let Some(cap) = &mut ex.cap {
@@ -1474,11 +1474,11 @@ impl Actor {
             }
             other => {
                 self.current = other;
-                self.close_idle_block().await;
+                self.close_idle_block();
                 let marker = body.marker();
-                self.emit_raw("", marker.clone(), true, false).await;
-                self.emit_raw("", body, false, false).await;
-                self.emit_raw("", marker, false, true).await;
+                self.emit_raw("", marker.clone(), true, false);
+                self.emit_raw("", body, false, false);
+                self.emit_raw("", marker, false, true);
             }
         }
     }
@@ -1595,16 +1595,11 @@ impl Actor {
     }
 
     fn make_chunk(&mut self, request: &str, body: Body, start: bool, end: bool) -> Chunk {
-        let seq = self.seq;
+        let mut chunk = Chunk::new(&self.inner.id, request, self.seq, body);
         self.seq += 1;
-        Chunk {
-            session: self.inner.id.clone(),
-            request: request.to_string(),
-            seq,
-            start,
-            end,
-            body,
-        }
+        chunk.start = start;
+        chunk.end = end;
+        chunk
     }
 
     fn publish(&self, chunk: &Chunk) {
@@ -1613,30 +1608,30 @@ impl Actor {
         }
     }
 
-    async fn emit_raw(&mut self, request: &str, body: Body, start: bool, end: bool) {
+    fn emit_raw(&mut self, request: &str, body: Body, start: bool, end: bool) {
         let chunk = self.make_chunk(request, body, start, end);
         self.publish(&chunk);
     }
 
-    async fn idle_console(&mut self, format: ConsoleFormat, text: String) {
+    fn idle_console(&mut self, format: ConsoleFormat, text: String) {
         let body = Body::console(format, text);
         let marker = body.marker();
         if self.idle_block.as_ref() != Some(&marker) {
-            self.close_idle_block().await;
-            self.emit_raw("", marker.clone(), true, false).await;
+            self.close_idle_block();
+            self.emit_raw("", marker.clone(), true, false);
             self.idle_block = Some(marker);
         }
-        self.emit_raw("", body, false, false).await;
+        self.emit_raw("", body, false, false);
     }
 
-    async fn close_idle_block(&mut self) {
+    fn close_idle_block(&mut self) {
         if let Some(open) = self.idle_block.take() {
-            self.emit_raw("", open, false, true).await;
+            self.emit_raw("", open, false, true);
         }
     }
 
     async fn emit_exec_start(&mut self, ex: &mut ExecState) {
-        self.close_idle_block().await;
+        self.close_idle_block();
         let body = Body::Status {
             format: StatusFormat::Started,
             content: Some(StatusContent {
@@ -1898,7 +1893,7 @@ impl Actor {
     }
 
     async fn close(&mut self) {
-        self.close_idle_block().await;
+        self.close_idle_block();
         self.stop_proc().await;
         self.error_in_exec("Closed", "the session was closed").await;
         self.end_current(Outcome::Aborted, None).await;

@@ -306,6 +306,18 @@ pub struct StatusContent {
 }
 
 impl Chunk {
+    /// A chunk that is neither a block's `start` nor its `end`.
+    pub fn new(session: &str, request: &str, seq: u64, body: Body) -> Chunk {
+        Chunk {
+            session: session.to_string(),
+            request: request.to_string(),
+            seq,
+            start: false,
+            end: false,
+            body,
+        }
+    }
+
     /// True for the `status`/`finished` chunk that ends every execution.
     pub fn is_finished(&self) -> bool {
         matches!(

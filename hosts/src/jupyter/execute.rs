@@ -359,7 +359,9 @@ pub(crate) async fn run(server: &Server, req: &Request, r: &ExecuteRequest, abor
                         );
                         if let Some(ir) = m.on_chunk(server, chunk).await {
                             if r.allow_stdin {
-                                server.send_stdin(req, "input_request", &ir).await;
+                                server
+                                    .reply(super::server::Chan::Stdin, req, "input_request", &ir)
+                                    .await;
                             } else if let Err(e) = session.input_reply("") {
                                 tracing::debug!(error = %e, "unblocking input failed");
                             }

@@ -204,6 +204,7 @@ impl RecentIds {
 pub(crate) enum Chan {
     Shell,
     Control,
+    Stdin,
 }
 
 pub(crate) struct Server {
@@ -446,24 +447,10 @@ impl Server {
         let mut tx = match chan {
             Chan::Shell => self.shell_tx.clone(),
             Chan::Control => self.control_tx.clone(),
+            Chan::Stdin => self.stdin_tx.clone(),
         };
         if let Err(e) = tx.send(msg).await {
             tracing::warn!(error = %e, msg_type, "cannot send reply");
-        }
-    }
-
-    pub(crate) async fn send_stdin<C: Serialize + ?Sized>(
-        &self,
-        req: &Request,
-        msg_type: &str,
-        content: &C,
-    ) {
-        let msg = self
-            .wire
-            .build(req.ids.clone(), msg_type, &req.header_raw, content);
-        let mut tx = self.stdin_tx.clone();
-        if let Err(e) = tx.send(msg).await {
-            tracing::warn!(error = %e, "cannot send input_request");
         }
     }
 

@@ -388,14 +388,7 @@ mod tests {
     use spindle_protocol::{ErrorContent, ImageFormat, MimeBundle, StatusContent, StatusFormat};
 
     fn chunk(body: Body) -> Chunk {
-        Chunk {
-            session: "s".into(),
-            request: "r".into(),
-            seq: 0,
-            start: false,
-            end: false,
-            body,
-        }
+        Chunk::new("s", "r", 0, body)
     }
 
     fn console(f: ConsoleFormat, t: &str) -> Chunk {

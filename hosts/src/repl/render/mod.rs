@@ -540,14 +540,7 @@ mod tests {
     }
 
     fn chunk(body: Body) -> Chunk {
-        Chunk {
-            session: "s".into(),
-            request: "r".into(),
-            seq: 0,
-            start: false,
-            end: false,
-            body,
-        }
+        Chunk::new("s", "r", 0, body)
     }
 
     const ORIGIN: Origin<'static> = Origin {
