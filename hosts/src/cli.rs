@@ -28,6 +28,8 @@ pub enum Command {
     Serve(crate::native::ServeArgs),
     /// Run one Jupyter kernel, or install kernelspecs.
     Kernel(crate::jupyter::KernelArgs),
+    /// Talk to a language model that runs code in Spindle's sessions (OpenAI-compatible API).
+    Chat(crate::chat::ChatArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -38,6 +40,7 @@ pub fn main() -> ExitCode {
         Some(Command::Run(args)) => crate::run::main(args, &cli.interpreters),
         Some(Command::Serve(args)) => crate::native::main(args, &cli.interpreters),
         Some(Command::Kernel(args)) => crate::jupyter::main(args, &cli.interpreters),
+        Some(Command::Chat(args)) => crate::chat::main(args, &cli.interpreters),
     };
     match result {
         Ok(code) => code,

@@ -44,6 +44,20 @@ pub enum Magic {
     Jupyter { path: PathBuf },
     /// `%help [MAGIC]`.
     Help { topic: Option<String> },
+    /// `%chat`: plain text goes to the language model from here on.
+    Chat,
+    /// `%code`: plain text is code again.
+    Code,
+    /// `%undo`: forget the last message sent to the model and everything after it.
+    Undo,
+    /// `%tokens`: tokens used by the conversation so far.
+    Tokens,
+    /// `%info`: the model endpoint and the loop's settings.
+    Info,
+    /// `%save_message FILE`: save the conversation as JSON.
+    SaveMessage { path: PathBuf },
+    /// `%load_message FILE`: continue a saved conversation.
+    LoadMessage { path: PathBuf },
 }
 
 /// Which sessions `%reset` restarts.
@@ -169,6 +183,41 @@ pub const MAGICS: &[Spec] = &[
         name: "jupyter",
         usage: "%jupyter FILE.ipynb",
         summary: "export the transcript as a notebook with its outputs",
+    },
+    Spec {
+        name: "chat",
+        usage: "%chat",
+        summary: "chat mode: plain text goes to the language model, which runs code in these sessions",
+    },
+    Spec {
+        name: "code",
+        usage: "%code",
+        summary: "code mode: plain text is code for the current language (the default)",
+    },
+    Spec {
+        name: "undo",
+        usage: "%undo",
+        summary: "chat: forget the last message to the model and its answer (%reset alone forgets all)",
+    },
+    Spec {
+        name: "tokens",
+        usage: "%tokens",
+        summary: "chat: tokens the conversation has used, as the server reported them",
+    },
+    Spec {
+        name: "info",
+        usage: "%info",
+        summary: "the model endpoint, model and loop settings",
+    },
+    Spec {
+        name: "save_message",
+        usage: "%save_message FILE",
+        summary: "chat: save the conversation as JSON",
+    },
+    Spec {
+        name: "load_message",
+        usage: "%load_message FILE",
+        summary: "chat: continue a saved conversation",
     },
     Spec {
         name: "help",
@@ -350,6 +399,32 @@ pub fn parse(input: &str) -> Result<Input<'_>, MagicError> {
             }
             Magic::Jupyter { path }
         }
+        "chat" => {
+            no_args("chat", &words)?;
+            Magic::Chat
+        }
+        "code" => {
+            no_args("code", &words)?;
+            Magic::Code
+        }
+        "undo" => {
+            no_args("undo", &words)?;
+            Magic::Undo
+        }
+        "tokens" => {
+            no_args("tokens", &words)?;
+            Magic::Tokens
+        }
+        "info" => {
+            no_args("info", &words)?;
+            Magic::Info
+        }
+        "save_message" => Magic::SaveMessage {
+            path: one_path("save_message", args)?,
+        },
+        "load_message" => Magic::LoadMessage {
+            path: one_path("load_message", args)?,
+        },
         "help" | "?" => Magic::Help {
             topic: words.first().map(|w| w.trim_start_matches('%').to_string()),
         },

@@ -92,6 +92,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Whether `lang`'s session exists already (no I/O).
     fn is_live(&self, lang: &'static str) -> bool;
 
+    /// The languages that can run here (what the LLM loop offers the model).
+    fn languages(&self) -> Vec<&'static str> {
+        spindle_languages::NAMES.to_vec()
+    }
+
     /// End every session this REPL started.
     fn shutdown(&self) -> impl Future<Output = ()> + Send;
 
@@ -228,6 +233,13 @@ impl Backend for Embedded {
 
     fn is_live(&self, lang: &'static str) -> bool {
         self.get(lang).is_some()
+    }
+
+    fn languages(&self) -> Vec<&'static str> {
+        spindle_languages::NAMES
+            .into_iter()
+            .filter(|l| self.interpreters.resolve(l).is_ok())
+            .collect()
     }
 
     async fn shutdown(&self) {

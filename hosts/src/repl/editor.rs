@@ -39,6 +39,8 @@ pub struct Checker<B: Backend> {
     rt: Handle,
     /// The current language, changed by `%python` and friends.
     pub lang: Arc<Mutex<&'static str>>,
+    /// Chat mode: plain text is a message, complete at Enter.
+    pub chat: Arc<AtomicBool>,
     cache: Mutex<Option<(&'static str, String, Completeness)>>,
 }
 
@@ -48,6 +50,7 @@ impl<B: Backend> Checker<B> {
             backend,
             rt,
             lang,
+            chat: Arc::new(AtomicBool::new(false)),
             cache: Mutex::new(None),
         }
     }
@@ -58,6 +61,9 @@ impl<B: Backend> Checker<B> {
 
     pub fn check(&self, input: &str) -> Completeness {
         let lang = self.current();
+        if self.chat.load(Ordering::Acquire) && !input.starts_with('%') {
+            return Completeness::Complete;
+        }
         if let Some((l, text, c)) = &*self.cache.lock().expect("cache") {
             if *l == lang && text == input {
                 return c.clone();

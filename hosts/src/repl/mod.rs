@@ -7,6 +7,7 @@
 //! Ctrl-C interrupts it and typed lines go to the program (or answer its `input()`).
 //!
 //! - [`backend`]: the `Backend` trait and the embedded kernel.
+//! - [`chat`]: chat mode (`%chat`, `spindle chat`): plain text goes to the LLM loop.
 //! - [`remote`]: the client for `spindle serve`.
 //! - [`editor`]: rustyline helper (is-complete, completion, prompt colour).
 //! - [`render`]: chunks to terminal output (images, HTML tables, tracebacks).
@@ -14,6 +15,7 @@
 //! - [`term`]: terminal plumbing (size, echo, stdin forwarding).
 
 pub mod backend;
+pub mod chat;
 pub mod editor;
 pub mod remote;
 pub mod render;
@@ -76,6 +78,15 @@ pub struct ReplArgs {
 }
 
 pub fn main(args: ReplArgs, interp: &InterpreterArgs) -> anyhow::Result<ExitCode> {
+    main_with(args, interp, None)
+}
+
+/// The REPL, started in chat mode when `chat` is given.
+pub fn main_with(
+    args: ReplArgs,
+    interp: &InterpreterArgs,
+    chat: Option<crate::chat::ChatStart>,
+) -> anyhow::Result<ExitCode> {
     // Warnings would land in the middle of the user's screen; SPINDLE_LOG still overrides.
     crate::common::init_logging("error");
     let lang_name = args.lang.clone().unwrap_or_else(|| "python".into());
@@ -86,11 +97,11 @@ pub fn main(args: ReplArgs, interp: &InterpreterArgs) -> anyhow::Result<ExitCode
     let code = match &args.connect {
         None => {
             let backend = Arc::new(Embedded::new(interp.interpreters()));
-            run(backend, &args, lang, rt.handle().clone())?
+            run(backend, &args, lang, rt.handle().clone(), chat)?
         }
         Some(path) => {
             let backend = rt.block_on(remote::Remote::connect(path, &args.session))?;
-            run(Arc::new(backend), &args, lang, rt.handle().clone())?
+            run(Arc::new(backend), &args, lang, rt.handle().clone(), chat)?
         }
     };
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -102,11 +113,21 @@ fn run<B: Backend>(
     args: &ReplArgs,
     lang: &'static str,
     rt: Handle,
+    chat: Option<crate::chat::ChatStart>,
 ) -> anyhow::Result<ExitCode> {
     let saved = term::Saved::take();
     let mut repl = Repl::new(backend.clone(), args, lang, rt.clone())?;
     spawn_exit_on_signals(backend.clone(), saved, &rt);
-    repl.banner();
+    let mut first = None;
+    let mut once = false;
+    if let Some(start) = chat {
+        repl.start_chat(start.config);
+        first = start.prompt;
+        once = start.once;
+    }
+    if !once {
+        repl.banner();
+    }
     // Attached sessions (`--session`) already have counts.
     repl.refresh_counts();
     // Start the first language in the background: by the time the user has typed a line it is
@@ -117,7 +138,14 @@ fn run<B: Backend>(
             tracing::debug!(error = %e, "could not start the first session early");
         }
     });
-    let code = repl.run_loop();
+    let code = match first {
+        Some(prompt) if once => repl.chat_once(&prompt),
+        Some(prompt) => {
+            repl.chat_send(&prompt);
+            repl.run_loop()
+        }
+        None => repl.run_loop(),
+    };
     repl.save_history();
     drop(repl);
     let _ = rt.block_on(async {
@@ -173,6 +201,10 @@ struct Repl<B: Backend> {
     transcript: Transcript,
     /// Set by the Ctrl-C key handler: whether the line was empty when Ctrl-C was pressed.
     ctrl_c_on_empty: Arc<AtomicBool>,
+    /// Chat mode's conversation, once `%chat` (or `spindle chat`) started one.
+    chat: Option<chat::ChatState>,
+    /// Whether plain text goes to the model (shared with the editor's Enter handler).
+    chat_mode: Arc<AtomicBool>,
 }
 
 fn env_var(name: &str) -> Option<String> {
@@ -224,6 +256,7 @@ impl<B: Backend> Repl<B> {
 
         let lang_cell = Arc::new(Mutex::new(lang));
         let checker = Arc::new(Checker::new(backend.clone(), rt.clone(), lang_cell.clone()));
+        let chat_mode = checker.chat.clone();
         let config = Config::builder()
             .auto_add_history(false)
             .history_ignore_space(true)
@@ -275,6 +308,8 @@ impl<B: Backend> Repl<B> {
             counts: HashMap::new(),
             transcript: Transcript::new(),
             ctrl_c_on_empty,
+            chat: None,
+            chat_mode,
         })
     }
 
@@ -292,6 +327,9 @@ impl<B: Backend> Repl<B> {
     }
 
     fn prompt(&self) -> String {
+        if self.chat_mode.load(Ordering::Acquire) {
+            return "[chat]> ".to_string();
+        }
         let lang = self.current();
         let next = self.counts.get(lang).copied().unwrap_or(0) + 1;
         format!("[{lang} {next}]> ")
@@ -358,6 +396,9 @@ impl<B: Backend> Repl<B> {
             return Flow::Exit;
         }
         match magics::parse(line) {
+            Ok(Input::Code(text)) if self.chat_mode.load(Ordering::Acquire) => {
+                self.chat_send(text);
+            }
             Ok(Input::Code(code)) => {
                 let lang = self.current();
                 self.run_cell(lang, code);
@@ -383,6 +424,8 @@ impl<B: Backend> Repl<B> {
                 self.run_cell(language, &code);
             }
             Magic::Switch { language } => {
+                // Choosing a language means writing code in it.
+                self.chat_mode.store(false, Ordering::Release);
                 *self.lang.lock().expect("lang") = language;
                 if !self.backend.is_live(language) {
                     let b = self.backend.clone();
@@ -393,7 +436,22 @@ impl<B: Backend> Repl<B> {
                     });
                 }
             }
+            Magic::Reset {
+                target: ResetTarget::Current,
+            } if self.chat_mode.load(Ordering::Acquire) => self.chat_reset(),
             Magic::Reset { target } => self.reset(target),
+            Magic::Chat => self.enter_chat(),
+            Magic::Code => {
+                self.chat_mode.store(false, Ordering::Release);
+                let _ = self
+                    .render
+                    .info("code mode: plain text runs as code (%chat goes back)");
+            }
+            Magic::Undo => self.chat_undo(),
+            Magic::Tokens => self.chat_tokens(),
+            Magic::Info => self.chat_info(),
+            Magic::SaveMessage { path } => self.chat_save(&path),
+            Magic::LoadMessage { path } => self.chat_load(&path),
             Magic::Sessions => self.list_sessions(),
             Magic::Timeout(v) => {
                 Limit::apply(v, &mut self.timeout);
@@ -413,6 +471,9 @@ impl<B: Backend> Repl<B> {
             }
             Magic::Verbose(v) => {
                 self.render.verbose = v.unwrap_or(!self.render.verbose);
+                if let Some(c) = self.chat.as_mut() {
+                    c.verbose = self.render.verbose;
+                }
                 let state = if self.render.verbose { "on" } else { "off" };
                 let _ = self.render.info(&format!("verbose: {state}"));
             }
@@ -422,6 +483,9 @@ impl<B: Backend> Repl<B> {
                 self.write_report(&path, text, &format!("saved {n} cell{}", plural(n)));
             }
             Magic::Load { path } => self.load(&path),
+            Magic::Jupyter { path } if self.chat_mode.load(Ordering::Acquire) => {
+                self.chat_jupyter(&path)
+            }
             Magic::Jupyter { path } => {
                 let nb = self.transcript.to_notebook();
                 let text = serde_json::to_string_pretty(&nb).unwrap_or_default() + "\n";

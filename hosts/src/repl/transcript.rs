@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Map, Value};
+use spindle_protocol::conversation::{Item, ItemBody, Role};
 use spindle_protocol::{Body, Chunk, ConsoleFormat, Rich};
 
 impl Cell {
@@ -193,27 +194,96 @@ impl Transcript {
             .cells
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                json!({
-                    "id": format!("cell-{}", i + 1),
-                    "cell_type": "code",
-                    "execution_count": c.execution_count,
-                    "metadata": {"spindle": {"language": c.language.name()}},
-                    "source": split_lines(&c.code),
-                    "outputs": outputs(&c.chunks, c.execution_count),
-                })
-            })
+            .map(|(i, c)| code_cell(i, c.language.name(), &c.code, &c.chunks, c.execution_count))
             .collect();
-        json!({
-            "nbformat": 4,
-            "nbformat_minor": 5,
-            "metadata": {
-                "language_info": {"name": language_info_name(main)},
-                "spindle": {"languages": used},
-            },
-            "cells": cells,
-        })
+        notebook(main, used, cells)
     }
+}
+
+fn code_cell(i: usize, lang: &str, code: &str, chunks: &[Chunk], count: Option<u64>) -> Value {
+    json!({
+        "id": format!("cell-{}", i + 1),
+        "cell_type": "code",
+        "execution_count": count,
+        "metadata": {"spindle": {"language": lang}},
+        "source": split_lines(code),
+        "outputs": outputs(chunks, count),
+    })
+}
+
+fn notebook(main: &str, used: Vec<&str>, cells: Vec<Value>) -> Value {
+    json!({
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {
+            "language_info": {"name": language_info_name(main)},
+            "spindle": {"languages": used},
+        },
+        "cells": cells,
+    })
+}
+
+/// A conversation of the LLM loop as a notebook: the user's and the model's messages as
+/// Markdown cells, each piece of code the model ran as a code cell with its outputs.
+pub fn conversation_notebook(items: &[Item]) -> Value {
+    let mut cells = Vec::new();
+    let mut used: Vec<&str> = Vec::new();
+    let mut code_cells: Vec<(String, &str, String, Vec<Chunk>, Option<u64>)> = Vec::new();
+    let mut order: Vec<(bool, usize)> = Vec::new();
+    let mut markdown: Vec<String> = Vec::new();
+    for it in items {
+        match (&it.role, &it.body) {
+            (Role::User, ItemBody::Message { content: Some(t) }) => {
+                markdown.push(format!("**User:** {t}"));
+                order.push((false, markdown.len() - 1));
+            }
+            (Role::Assistant, ItemBody::Message { content: Some(t) }) if !t.trim().is_empty() => {
+                markdown.push(t.clone());
+                order.push((false, markdown.len() - 1));
+            }
+            (Role::Assistant, ItemBody::Code { format, call, content }) => {
+                let lang = spindle_languages::canonical_name(format).unwrap_or("python");
+                if !used.contains(&lang) {
+                    used.push(lang);
+                }
+                // An edited call replaces the code shown before.
+                match code_cells.iter_mut().find(|c| &c.0 == call) {
+                    Some(c) => c.2 = content.clone().unwrap_or_default(),
+                    None => {
+                        code_cells.push((call.clone(), lang, content.clone().unwrap_or_default(), Vec::new(), None));
+                        order.push((true, code_cells.len() - 1));
+                    }
+                }
+            }
+            (_, ItemBody::Output { call, chunk }) => {
+                if let Some(c) = code_cells.iter_mut().find(|c| &c.0 == call) {
+                    if let Body::Status { content: Some(s), .. } = &chunk.body {
+                        if s.execution_count.is_some() {
+                            c.4 = s.execution_count;
+                        }
+                    }
+                    c.3.push(chunk.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    for (i, (is_code, k)) in order.into_iter().enumerate() {
+        if is_code {
+            let (_, lang, code, chunks, count) = &code_cells[k];
+            cells.push(code_cell(i, lang, code, chunks, *count));
+        } else {
+            cells.push(json!({
+                "id": format!("cell-{}", i + 1),
+                "cell_type": "markdown",
+                "metadata": {},
+                "source": split_lines(&markdown[k]),
+            }));
+        }
+    }
+    let main = used.first().copied().unwrap_or("python");
+    used.sort();
+    notebook(main, used, cells)
 }
 
 fn language_info_name(lang: &str) -> &str {

@@ -21,6 +21,17 @@ const BOLD_RED: &str = "\x1b[1;31m";
 const YELLOW: &str = "\x1b[33m";
 const GREEN: &str = "\x1b[32m";
 
+const CYAN: &str = "\x1b[36m";
+
+/// How streamed text is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tone {
+    Plain,
+    Dim,
+    /// Code the model wrote.
+    Code,
+}
+
 /// Where the current output comes from, for the names of saved files.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {
@@ -110,6 +121,22 @@ impl Renderer {
     /// Something (the terminal's `^C` echo) was printed on the current line.
     pub fn mark_dirty(&mut self) {
         self.at_line_start = false;
+    }
+
+    /// Streamed text as it arrives (the model's words, its reasoning, its code), in a tone.
+    pub fn stream(&mut self, text: &str, tone: Tone) -> io::Result<()> {
+        let code = match tone {
+            Tone::Plain => "",
+            Tone::Dim => DIM,
+            Tone::Code => CYAN,
+        };
+        let (c, r) = if code.is_empty() {
+            ("", "")
+        } else {
+            (self.style(code), self.reset())
+        };
+        self.raw(&format!("{c}{text}{r}"))?;
+        self.flush()
     }
 
     /// A dim informational line.
