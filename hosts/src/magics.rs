@@ -187,7 +187,8 @@ pub const MAGICS: &[Spec] = &[
     Spec {
         name: "chat",
         usage: "%chat",
-        summary: "chat mode: plain text goes to the language model, which runs code in these sessions",
+        summary:
+            "chat mode: plain text goes to the language model, which runs code in these sessions",
     },
     Spec {
         name: "code",
@@ -197,7 +198,8 @@ pub const MAGICS: &[Spec] = &[
     Spec {
         name: "undo",
         usage: "%undo",
-        summary: "chat: forget the last message to the model and its answer (%reset alone forgets all)",
+        summary:
+            "chat: forget the last message to the model and its answer (%reset alone forgets all)",
     },
     Spec {
         name: "tokens",

@@ -353,9 +353,13 @@ impl<B: Backend> Highlighter for ReplHelper<B> {
         // `[python 3]> `: the language in bold cyan, the count dim.
         match prompt.strip_prefix('[').and_then(|p| p.split_once(']')) {
             Some((inner, rest)) => {
-                let (lang, count) = inner.split_once(' ').unwrap_or((inner, ""));
+                let (lang, count) = match inner.split_once(' ') {
+                    Some((l, c)) => (l, format!(" {c}")),
+                    // `[chat]> `
+                    None => (inner, String::new()),
+                };
                 Cow::Owned(format!(
-                    "\x1b[2m[\x1b[0m\x1b[1;36m{lang}\x1b[0m \x1b[2m{count}]\x1b[0m\x1b[1m{rest}\x1b[0m"
+                    "\x1b[2m[\x1b[0m\x1b[1;36m{lang}\x1b[0m\x1b[2m{count}]\x1b[0m\x1b[1m{rest}\x1b[0m"
                 ))
             }
             None => Cow::Borrowed(prompt),

@@ -241,7 +241,14 @@ pub fn conversation_notebook(items: &[Item]) -> Value {
                 markdown.push(t.clone());
                 order.push((false, markdown.len() - 1));
             }
-            (Role::Assistant, ItemBody::Code { format, call, content }) => {
+            (
+                Role::Assistant,
+                ItemBody::Code {
+                    format,
+                    call,
+                    content,
+                },
+            ) => {
                 let lang = spindle_languages::canonical_name(format).unwrap_or("python");
                 if !used.contains(&lang) {
                     used.push(lang);
@@ -250,14 +257,23 @@ pub fn conversation_notebook(items: &[Item]) -> Value {
                 match code_cells.iter_mut().find(|c| &c.0 == call) {
                     Some(c) => c.2 = content.clone().unwrap_or_default(),
                     None => {
-                        code_cells.push((call.clone(), lang, content.clone().unwrap_or_default(), Vec::new(), None));
+                        code_cells.push((
+                            call.clone(),
+                            lang,
+                            content.clone().unwrap_or_default(),
+                            Vec::new(),
+                            None,
+                        ));
                         order.push((true, code_cells.len() - 1));
                     }
                 }
             }
             (_, ItemBody::Output { call, chunk }) => {
                 if let Some(c) = code_cells.iter_mut().find(|c| &c.0 == call) {
-                    if let Body::Status { content: Some(s), .. } = &chunk.body {
+                    if let Body::Status {
+                        content: Some(s), ..
+                    } = &chunk.body
+                    {
                         if s.execution_count.is_some() {
                             c.4 = s.execution_count;
                         }
