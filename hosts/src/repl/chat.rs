@@ -136,6 +136,12 @@ impl<B: Backend> Repl<B> {
                     t = recv_typed(&mut io.stdin), if waiting => Ev::Typed(t),
                 }
             });
+            if let Ev::Question(_) = ev {
+                // The items sent before a question (the code it is about) come first.
+                while let Ok(item) = rx.try_recv() {
+                    self.show_item(&item);
+                }
+            }
             match ev {
                 Ev::Item(item) => self.show_item(&item),
                 Ev::Question(Question::Confirm {
@@ -293,11 +299,14 @@ impl<B: Backend> Repl<B> {
                     let _ = self.render.ensure_newline();
                 }
             }
-            (_, ItemBody::Code {
-                format,
-                call,
-                content,
-            }) => {
+            (
+                _,
+                ItemBody::Code {
+                    format,
+                    call,
+                    content,
+                },
+            ) => {
                 if item.start {
                     let lang = crate::magics::canonical_language(format).unwrap_or("python");
                     state.calls.insert(call.clone(), lang);
@@ -320,7 +329,12 @@ impl<B: Backend> Repl<B> {
                 let count = self.counts.get(language).copied().unwrap_or(0) + 1;
                 let _ = self.render.chunk(chunk, Origin { language, count });
             }
-            (_, ItemBody::ToolResult { content, images, .. }) => {
+            (
+                _,
+                ItemBody::ToolResult {
+                    content, images, ..
+                },
+            ) => {
                 if verbose {
                     let _ = self.render.info(&format!(
                         "the model is told ({images} image{}):\n{content}",
