@@ -33,6 +33,8 @@ pub enum Decision {
     Skip,
     /// Run this code instead.
     Edit(String),
+    /// Nobody answered (in time): counts as a skip, and a `notice` item tells why.
+    Unanswered(String),
 }
 
 /// The person (or client) in the loop.
@@ -66,6 +68,9 @@ impl Operator for NoOperator {
         Box::pin(async { None })
     }
 }
+
+/// How often a cancelled run that goes on is interrupted again.
+const REINTERRUPT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Most console bytes per run kept in the conversation's log (what `%save_message` writes);
 /// the model's view has its own budget, and watchers get every chunk live.
@@ -290,9 +295,12 @@ impl Agent {
             match (&mut open.body, &item.body) {
                 (ItemBody::Message { content: a }, ItemBody::Message { content: Some(b) })
                 | (ItemBody::Reasoning { content: a }, ItemBody::Reasoning { content: Some(b) })
-                | (ItemBody::Code { content: a, .. }, ItemBody::Code { content: Some(b), .. })
-                    if !item.end =>
-                {
+                | (
+                    ItemBody::Code { content: a, .. },
+                    ItemBody::Code {
+                        content: Some(b), ..
+                    },
+                ) if !item.end => {
                     a.get_or_insert_with(String::new).push_str(b);
                     return;
                 }
@@ -594,25 +602,42 @@ impl Agent {
                     code = new;
                     self.emit_code(out, &call, language, &code).await;
                 }
-                Decision::Skip => {
-                    self.emit(
-                        out,
-                        Role::Computer,
-                        false,
-                        false,
-                        ItemBody::Declined { call: call.clone() },
-                    )
-                    .await;
-                    let o = ToolOutput {
-                        text: "declined: the user chose not to run this code".into(),
-                        ..ToolOutput::default()
-                    };
-                    return (call, Ran::Output(o));
-                }
+                Decision::Skip => return self.decline(out, call, None).await,
+                Decision::Unanswered(why) => return self.decline(out, call, Some(why)).await,
             }
         }
         let ran = self.run(&call, language, code, op, out, cancel).await;
         (call, ran)
+    }
+
+    /// The code of `call` is not run: a `declined` item (after a notice saying why, when
+    /// nobody answered), and what the model is told.
+    async fn decline(
+        &mut self,
+        out: &ItemSender,
+        call: String,
+        unanswered: Option<String>,
+    ) -> (String, Ran) {
+        let text = match unanswered {
+            Some(why) => {
+                self.notice(out, NoticeFormat::Info, why).await;
+                "declined: nobody answered whether to run this code, so it was not run"
+            }
+            None => "declined: the user chose not to run this code",
+        };
+        self.emit(
+            out,
+            Role::Computer,
+            false,
+            false,
+            ItemBody::Declined { call: call.clone() },
+        )
+        .await;
+        let o = ToolOutput {
+            text: text.into(),
+            ..ToolOutput::default()
+        };
+        (call, Ran::Output(o))
     }
 
     async fn emit_code(&mut self, out: &ItemSender, call: &str, language: &str, code: &str) {
@@ -621,10 +646,12 @@ impl Agent {
             call: call.to_string(),
             content,
         };
-        self.emit(out, Role::Assistant, true, false, body(None)).await;
+        self.emit(out, Role::Assistant, true, false, body(None))
+            .await;
         self.emit(out, Role::Assistant, false, false, body(Some(code.into())))
             .await;
-        self.emit(out, Role::Assistant, false, true, body(None)).await;
+        self.emit(out, Role::Assistant, false, true, body(None))
+            .await;
     }
 
     async fn run(
@@ -659,12 +686,24 @@ impl Agent {
         let mut note: Option<String> = None;
         let mut logged = 0usize;
         let mut unlogged = 0u64;
+        // An interrupt that reaches the session before its interpreter is really executing the
+        // code (a run is `started` once it is sent) is forgotten there, so after the user's
+        // cancel the interrupt is sent again until the run ends.
+        let mut again = tokio::time::interval(REINTERRUPT);
+        again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = tokio::select! {
                 n = stream.next() => n,
                 _ = cancel.cancelled(), if !interrupted => {
                     interrupted = true;
                     note = Some("[the user interrupted the run]".into());
+                    if let Err(e) = runner.interrupt(language).await {
+                        tracing::debug!(error = %e, "interrupt failed");
+                    }
+                    again.reset();
+                    continue;
+                }
+                _ = again.tick(), if interrupted => {
                     if let Err(e) = runner.interrupt(language).await {
                         tracing::debug!(error = %e, "interrupt failed");
                     }
@@ -727,6 +766,7 @@ impl Agent {
                         if cancel.is_cancelled() {
                             interrupted = true;
                             note = Some("[the user interrupted the run]".into());
+                            again.reset();
                         }
                         let _ = runner.interrupt(language).await;
                     }

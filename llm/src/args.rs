@@ -74,14 +74,18 @@ impl StringField {
                         i += 1;
                         continue;
                     }
-                    let Some(hex) = raw.get(i + 2..i + 6) else { break };
+                    let Some(hex) = raw.get(i + 2..i + 6) else {
+                        break;
+                    };
                     let Ok(cp) = u32::from_str_radix(hex, 16) else {
                         i += 6;
                         continue;
                     };
                     if (0xD800..0xDC00).contains(&cp) {
                         // A surrogate pair: wait for the low half.
-                        let Some(low) = raw.get(i + 6..i + 12) else { break };
+                        let Some(low) = raw.get(i + 6..i + 12) else {
+                            break;
+                        };
                         let lo = low
                             .strip_prefix("\\u")
                             .and_then(|h| u32::from_str_radix(h, 16).ok());

@@ -42,11 +42,15 @@ pub enum ConfigError {
          or [llm] base_url/model/api_key in {path}"
     )]
     NoEndpoint { path: String },
-    #[error("no model is named for {base_url}: set --model or SPINDLE_LLM_MODEL (or model in {path})")]
+    #[error(
+        "no model is named for {base_url}: set --model or SPINDLE_LLM_MODEL (or model in {path})"
+    )]
     NoModel { base_url: String, path: String },
     #[error("cannot read {path}: {detail}")]
     File { path: String, detail: String },
-    #[error("{what} is not a valid URL: {value:?} (it should look like http://127.0.0.1:11434/v1)")]
+    #[error(
+        "{what} is not a valid URL: {value:?} (it should look like http://127.0.0.1:11434/v1)"
+    )]
     BadUrl { what: &'static str, value: String },
 }
 
@@ -219,13 +223,17 @@ impl ChatConfig {
             flag.clone()
                 .filter(|s| !s.is_empty())
                 .or_else(|| env(var))
-                .or_else(|| file.as_ref().map(|s| expand(s, env)).filter(|s| !s.is_empty()))
+                .or_else(|| {
+                    file.as_ref()
+                        .map(|s| expand(s, env))
+                        .filter(|s| !s.is_empty())
+                })
         };
         let base = pick(&o.base_url, "SPINDLE_LLM_BASE_URL", &f.base_url)
             .map(|v| ("base URL", v))
             .or_else(|| env("OPENAI_BASE_URL").map(|v| ("OPENAI_BASE_URL", v)));
-        let key = pick(&o.api_key, "SPINDLE_LLM_API_KEY", &f.api_key)
-            .or_else(|| env("OPENAI_API_KEY"));
+        let key =
+            pick(&o.api_key, "SPINDLE_LLM_API_KEY", &f.api_key).or_else(|| env("OPENAI_API_KEY"));
         let model = pick(&o.model, "SPINDLE_LLM_MODEL", &f.model);
         let base_url = match base {
             Some((what, v)) => check_url(what, v)?,
@@ -308,7 +316,12 @@ mod tests {
         let e = ChatConfig::resolve_with(&Overrides::default(), &env_of(&[("HOME", &home)]))
             .unwrap_err();
         let text = e.to_string();
-        for want in ["--base-url", "SPINDLE_LLM_BASE_URL", "OPENAI_API_KEY", "config.toml"] {
+        for want in [
+            "--base-url",
+            "SPINDLE_LLM_BASE_URL",
+            "OPENAI_API_KEY",
+            "config.toml",
+        ] {
             assert!(text.contains(want), "{text}");
         }
     }

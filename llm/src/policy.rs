@@ -464,7 +464,9 @@ mod tests {
             },
             false,
         );
-        let body: String = (0..1000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let body: String = (0..1000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
         for piece in body.as_bytes().chunks(7) {
             c.push(&console(std::str::from_utf8(piece).unwrap()));
         }
@@ -524,8 +526,18 @@ mod tests {
             },
         ));
         let out = c.finish(None);
-        assert!(out.text.contains("partial\nTraceback (most recent call last):\nZeroDivisionError: division by zero"), "{}", out.text);
-        assert!(out.text.contains("waiting for input: name? "), "{}", out.text);
+        assert!(
+            out.text.contains(
+                "partial\nTraceback (most recent call last):\nZeroDivisionError: division by zero"
+            ),
+            "{}",
+            out.text
+        );
+        assert!(
+            out.text.contains("waiting for input: name? "),
+            "{}",
+            out.text
+        );
         assert!(out.text.contains("timed out after 2.0 s"), "{}", out.text);
         assert!(!out.text.contains('\x1b'));
     }

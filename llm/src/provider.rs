@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_openai::config::OpenAIConfig;
-use async_openai::error::OpenAIError;
+use async_openai::error::{OpenAIError, StreamError};
 use async_openai::middleware::HttpRequestFactory;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
@@ -106,7 +106,9 @@ pub enum ProviderError {
         status: u16,
         detail: String,
     },
-    #[error("{endpoint} sent nothing for {secs} s (the idle timeout; raise it with --idle-timeout)")]
+    #[error(
+        "{endpoint} sent nothing for {secs} s (the idle timeout; raise it with --idle-timeout)"
+    )]
     Idle { endpoint: String, secs: u64 },
     #[error("{endpoint} ended its stream before finishing the answer")]
     Cut { endpoint: String },
@@ -125,6 +127,65 @@ fn detail_suffix(d: &str) -> String {
 }
 
 impl ProviderError {
+    /// The same error with every copy of `secret` replaced by `***` (keys shorter than 8
+    /// characters are left alone: replacing them would garble the message).
+    pub fn without(self, secret: &str) -> ProviderError {
+        if secret.len() < 8 {
+            return self;
+        }
+        let r = |s: String| {
+            if s.contains(secret) {
+                s.replace(secret, "***")
+            } else {
+                s
+            }
+        };
+        use ProviderError::*;
+        match self {
+            Connect { endpoint, detail } => Connect {
+                endpoint: r(endpoint),
+                detail: r(detail),
+            },
+            Unauthorized { endpoint, detail } => Unauthorized {
+                endpoint: r(endpoint),
+                detail: r(detail),
+            },
+            ModelNotFound {
+                endpoint,
+                model,
+                detail,
+            } => ModelNotFound {
+                endpoint: r(endpoint),
+                model,
+                detail: r(detail),
+            },
+            Status {
+                endpoint,
+                status,
+                detail,
+            } => Status {
+                endpoint: r(endpoint),
+                status,
+                detail: r(detail),
+            },
+            Idle { endpoint, secs } => Idle {
+                endpoint: r(endpoint),
+                secs,
+            },
+            Cut { endpoint } => Cut {
+                endpoint: r(endpoint),
+            },
+            InStream { endpoint, detail } => InStream {
+                endpoint: r(endpoint),
+                detail: r(detail),
+            },
+            Malformed { endpoint, detail } => Malformed {
+                endpoint: r(endpoint),
+                detail: r(detail),
+            },
+        }
+    }
+
     /// True when the server refused the `tools` parameter (models without tool support on
     /// Ollama answer 400 "… does not support tools").
     pub fn rejects_tools(&self) -> bool {
@@ -433,6 +494,9 @@ struct RetryService {
     report: Reporter,
 }
 
+/// How much longer than the idle timeout the HTTP client's own read timeout is.
+const READ_TIMEOUT_MARGIN: Duration = Duration::from_millis(500);
+
 /// Longest error body kept for a message.
 const ERROR_BODY_LIMIT: usize = 2000;
 
@@ -452,9 +516,7 @@ fn reason_phrase(status: reqwest::StatusCode) -> String {
 async fn read_body(resp: reqwest::Response) -> String {
     let mut body = Vec::new();
     let mut stream = resp.bytes_stream();
-    while let Ok(Some(Ok(b))) =
-        tokio::time::timeout(Duration::from_secs(10), stream.next()).await
-    {
+    while let Ok(Some(Ok(b))) = tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
         body.extend_from_slice(&b);
         if body.len() > ERROR_BODY_LIMIT * 4 {
             break;
@@ -492,9 +554,7 @@ impl RetryService {
                     Ok(Err(e)) => {
                         let detail = describe_reqwest(&e);
                         if !(e.is_connect() || e.is_timeout() || e.is_request()) {
-                            return Err(OpenAIError::Boxed(Box::new(HttpFailure::Connect(
-                                detail,
-                            ))));
+                            return Err(OpenAIError::Boxed(Box::new(HttpFailure::Connect(detail))));
                         }
                         (detail.clone(), None, HttpFailure::Connect(detail))
                     }
@@ -602,6 +662,10 @@ impl Provider {
         };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // The idle timeout for the body of a non-streamed answer, which async-openai reads
+            // without one. A little longer than the idle timeout, so that the timers of the
+            // retry service (headers) and of the stream (events) fire first where they apply.
+            .read_timeout(settings.idle_timeout + READ_TIMEOUT_MARGIN)
             .build()
             .map_err(|e| ProviderError::Connect {
                 endpoint: base.clone(),
@@ -643,6 +707,15 @@ impl Provider {
     }
 
     fn map_error(&self, e: OpenAIError) -> ProviderError {
+        self.redact(self.map_error_raw(e))
+    }
+
+    /// `e` without the API key in it: servers echo it back in error messages.
+    fn redact(&self, e: ProviderError) -> ProviderError {
+        e.without(self.endpoint.api_key.expose())
+    }
+
+    fn map_error_raw(&self, e: OpenAIError) -> ProviderError {
         let endpoint = self.url();
         match e {
             OpenAIError::Boxed(b) => match b.downcast::<HttpFailure>() {
@@ -671,6 +744,15 @@ impl Provider {
                     detail: other.to_string(),
                 },
             },
+            // The body of a non-streamed answer stopped coming (the client's read timeout) or
+            // broke off after the headers: the server was reached.
+            OpenAIError::Reqwest(e) if e.is_timeout() => ProviderError::Idle {
+                endpoint,
+                secs: self.settings.idle_timeout.as_secs(),
+            },
+            OpenAIError::Reqwest(e) if e.is_body() || e.is_decode() => {
+                ProviderError::Cut { endpoint }
+            }
             OpenAIError::Reqwest(e) => ProviderError::Connect {
                 endpoint,
                 detail: describe_reqwest(&e),
@@ -679,9 +761,15 @@ impl Provider {
                 endpoint,
                 detail: format!("{e} in {}", clip(&content, 200)),
             },
-            OpenAIError::StreamError(e) => ProviderError::Connect {
-                endpoint,
-                detail: format!("the stream broke: {e}"),
+            // The connection broke in the middle of the stream: the answer was cut.
+            OpenAIError::StreamError(e) => match *e {
+                StreamError::EventStream(t) if t.starts_with("Transport error") => {
+                    ProviderError::Cut { endpoint }
+                }
+                other => ProviderError::Malformed {
+                    endpoint,
+                    detail: format!("the event stream is broken: {other}"),
+                },
             },
             OpenAIError::ApiError(e) => ProviderError::Status {
                 endpoint,
@@ -727,7 +815,7 @@ impl Provider {
                 .await
                 .map_err(|e| self.map_error(e))?;
             let mut guess = IndexGuess::default();
-            let deltas = deltas_of(resp, &mut guess, &endpoint)?;
+            let deltas = deltas_of(resp, &mut guess, &endpoint).map_err(|e| self.redact(e))?;
             return Ok(Box::pin(futures::stream::iter(deltas.into_iter().map(Ok))));
         }
         let raw = self
@@ -738,7 +826,13 @@ impl Provider {
             .map_err(|e| self.map_error(e))?;
         let this = self.clone();
         let idle = self.settings.idle_timeout;
-        let state = (raw, IndexGuess::default(), Vec::<Delta>::new(), false, false);
+        let state = (
+            raw,
+            IndexGuess::default(),
+            Vec::<Delta>::new(),
+            false,
+            false,
+        );
         let s = futures::stream::unfold(
             state,
             move |(mut raw, mut guess, mut pending, mut finished, done)| {
@@ -772,15 +866,24 @@ impl Provider {
                                 let e = this.map_error(e);
                                 return Some((Err(e), (raw, guess, pending, finished, true)));
                             }
-                            Ok(Some(Ok(chunk))) => match deltas_of(chunk, &mut guess, &endpoint) {
-                                Ok(ds) => {
-                                    finished |= ds.iter().any(|d| matches!(d, Delta::Finish(_)));
-                                    pending = ds;
+                            Ok(Some(Ok(chunk))) => {
+                                // The usage chunk (usage, no choices) comes after the last
+                                // choice: the answer is complete even when the server never
+                                // gave a finish reason.
+                                let last = chunk.choices.is_empty() && chunk.usage.is_some();
+                                match deltas_of(chunk, &mut guess, &endpoint) {
+                                    Ok(ds) => {
+                                        finished |= last
+                                            || ds.iter().any(|d| matches!(d, Delta::Finish(_)));
+                                        pending = ds;
+                                    }
+                                    Err(e) => {
+                                        let e = this.redact(e);
+                                        let state = (raw, guess, pending, finished, true);
+                                        return Some((Err(e), state));
+                                    }
                                 }
-                                Err(e) => {
-                                    return Some((Err(e), (raw, guess, pending, finished, true)))
-                                }
-                            },
+                            }
                         }
                     }
                 }
@@ -905,8 +1008,14 @@ mod tests {
 
     #[test]
     fn error_details_are_read_from_every_shape() {
-        assert_eq!(error_detail(r#"{"error":{"message":"bad key"}}"#), "bad key");
-        assert_eq!(error_detail(r#"{"error":"model 'x' not found"}"#), "model 'x' not found");
+        assert_eq!(
+            error_detail(r#"{"error":{"message":"bad key"}}"#),
+            "bad key"
+        );
+        assert_eq!(
+            error_detail(r#"{"error":"model 'x' not found"}"#),
+            "model 'x' not found"
+        );
         assert_eq!(error_detail("upstream exploded\n"), "upstream exploded");
     }
 }

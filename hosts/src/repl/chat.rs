@@ -33,7 +33,7 @@ pub struct ChatState {
 }
 
 enum Ev {
-    Item(Item),
+    Item(Box<Item>),
     Question(Question),
     Interrupt,
     Typed(Typed),
@@ -130,7 +130,7 @@ impl<B: Backend> Repl<B> {
             let waiting = pending.is_some();
             let ev = self.rt.block_on(async {
                 tokio::select! {
-                    i = rx.recv() => i.map_or(Ev::Closed, Ev::Item),
+                    i = rx.recv() => i.map_or(Ev::Closed, |i| Ev::Item(Box::new(i))),
                     Some(q) = qrx.recv() => Ev::Question(q),
                     _ = io.sigint.recv() => Ev::Interrupt,
                     t = recv_typed(&mut io.stdin), if waiting => Ev::Typed(t),

@@ -226,20 +226,27 @@ fn notebook(main: &str, used: Vec<&str>, cells: Vec<Value>) -> Value {
 /// A conversation of the LLM loop as a notebook: the user's and the model's messages as
 /// Markdown cells, each piece of code the model ran as a code cell with its outputs.
 pub fn conversation_notebook(items: &[Item]) -> Value {
-    let mut cells = Vec::new();
+    struct CodeCell<'a> {
+        lang: &'static str,
+        code: String,
+        chunks: Vec<&'a Chunk>,
+        count: Option<u64>,
+    }
+    enum Piece<'a> {
+        Markdown(String),
+        Code(CodeCell<'a>),
+    }
+    let mut pieces: Vec<Piece> = Vec::new();
+    // The piece of each call id.
+    let mut by_call: HashMap<&str, usize> = HashMap::new();
     let mut used: Vec<&str> = Vec::new();
-    let mut code_cells: Vec<(String, &str, String, Vec<Chunk>, Option<u64>)> = Vec::new();
-    let mut order: Vec<(bool, usize)> = Vec::new();
-    let mut markdown: Vec<String> = Vec::new();
     for it in items {
         match (&it.role, &it.body) {
             (Role::User, ItemBody::Message { content: Some(t) }) => {
-                markdown.push(format!("**User:** {t}"));
-                order.push((false, markdown.len() - 1));
+                pieces.push(Piece::Markdown(format!("**User:** {t}")));
             }
             (Role::Assistant, ItemBody::Message { content: Some(t) }) if !t.trim().is_empty() => {
-                markdown.push(t.clone());
-                order.push((false, markdown.len() - 1));
+                pieces.push(Piece::Markdown(t.clone()));
             }
             (
                 Role::Assistant,
@@ -253,50 +260,55 @@ pub fn conversation_notebook(items: &[Item]) -> Value {
                 if !used.contains(&lang) {
                     used.push(lang);
                 }
-                // An edited call replaces the code shown before.
-                match code_cells.iter_mut().find(|c| &c.0 == call) {
-                    Some(c) => c.2 = content.clone().unwrap_or_default(),
+                let code = content.clone().unwrap_or_default();
+                match by_call.get(call.as_str()) {
+                    // An edited call replaces the code shown before.
+                    Some(&i) => {
+                        if let Piece::Code(c) = &mut pieces[i] {
+                            c.code = code;
+                        }
+                    }
                     None => {
-                        code_cells.push((
-                            call.clone(),
+                        by_call.insert(call, pieces.len());
+                        pieces.push(Piece::Code(CodeCell {
                             lang,
-                            content.clone().unwrap_or_default(),
-                            Vec::new(),
-                            None,
-                        ));
-                        order.push((true, code_cells.len() - 1));
+                            code,
+                            chunks: Vec::new(),
+                            count: None,
+                        }));
                     }
                 }
             }
             (_, ItemBody::Output { call, chunk }) => {
-                if let Some(c) = code_cells.iter_mut().find(|c| &c.0 == call) {
+                if let Some(Piece::Code(c)) = by_call.get(call.as_str()).map(|&i| &mut pieces[i]) {
                     if let Body::Status {
                         content: Some(s), ..
                     } = &chunk.body
                     {
-                        if s.execution_count.is_some() {
-                            c.4 = s.execution_count;
-                        }
+                        c.count = s.execution_count.or(c.count);
                     }
-                    c.3.push(chunk.clone());
+                    c.chunks.push(chunk);
                 }
             }
             _ => {}
         }
     }
-    for (i, (is_code, k)) in order.into_iter().enumerate() {
-        if is_code {
-            let (_, lang, code, chunks, count) = &code_cells[k];
-            cells.push(code_cell(i, lang, code, chunks, *count));
-        } else {
-            cells.push(json!({
+    let cells = pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| match p {
+            Piece::Code(c) => {
+                let chunks: Vec<Chunk> = c.chunks.into_iter().cloned().collect();
+                code_cell(i, c.lang, &c.code, &chunks, c.count)
+            }
+            Piece::Markdown(text) => json!({
                 "id": format!("cell-{}", i + 1),
                 "cell_type": "markdown",
                 "metadata": {},
-                "source": split_lines(&markdown[k]),
-            }));
-        }
-    }
+                "source": split_lines(&text),
+            }),
+        })
+        .collect();
     let main = used.first().copied().unwrap_or("python");
     used.sort();
     notebook(main, used, cells)
