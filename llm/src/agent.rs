@@ -558,6 +558,7 @@ impl Agent {
         out: &ItemSender,
         cancel: &CancellationToken,
     ) -> (String, Ran) {
+        let mut edited = false;
         let (call, language, mut code) = match ask {
             Ask::Refuse { call, why } => {
                 let o = ToolOutput {
@@ -600,13 +601,20 @@ impl Agent {
                 Decision::Run => {}
                 Decision::Edit(new) => {
                     code = new;
+                    edited = true;
                     self.emit_code(out, &call, language, &code).await;
                 }
                 Decision::Skip => return self.decline(out, call, None).await,
                 Decision::Unanswered(why) => return self.decline(out, call, Some(why)).await,
             }
         }
-        let ran = self.run(&call, language, code, op, out, cancel).await;
+        let note = edited.then(|| {
+            format!("[the user edited the code before running it; what ran was:\n{code}\n]")
+        });
+        let mut ran = self.run(&call, language, code, op, out, cancel).await;
+        if let (Some(note), Ran::Output(o) | Ran::Interrupted(o)) = (note, &mut ran) {
+            o.text = format!("{note}\n{}", o.text);
+        }
         (call, ran)
     }
 

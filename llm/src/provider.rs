@@ -673,14 +673,16 @@ impl Provider {
             })?;
         let report: Reporter = Arc::new(Mutex::new(None));
         let service = RetryService {
-            http,
+            http: http.clone(),
             settings: settings.clone(),
             report: report.clone(),
         };
         let config = OpenAIConfig::new()
             .with_api_base(base)
             .with_api_key(endpoint.api_key.expose().to_string());
-        let client = async_openai::Client::with_config(config).with_http_service(service);
+        // One reqwest client for building and sending requests: each one loads the system's
+        // certificates when it is made.
+        let client = async_openai::Client::build(http, config).with_http_service(service);
         Ok(Self {
             client,
             endpoint,

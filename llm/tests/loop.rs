@@ -1171,7 +1171,11 @@ async fn confirm_edit_runs_the_new_code() {
     let op = Scripted::new(vec![Decision::Edit("print('edited', 6*7)".into())], vec![]);
     let s = c.send("go", &op).await;
     assert_eq!(s.reason, DoneReason::Stop);
-    assert_eq!(s.result(), "edited 42");
+    // The model is told what really ran, since its own message still has the original.
+    assert_eq!(
+        s.result(),
+        "[the user edited the code before running it; what ran was:\nprint('edited', 6*7)\n]\nedited 42"
+    );
     assert_eq!(
         c.runner.ran(),
         vec![("python".to_string(), "print('edited', 6*7)".to_string())]
@@ -1274,32 +1278,38 @@ async fn cancel_a_run(when: fn(&Item) -> bool) {
     let mut c = Chat::new(auto()).await;
     c.mock
         .script(json!([
-            {"tool_calls": [exec("python", "x = 5\nprint('sleeping', flush=True)\nimport time; time.sleep(30)")]},
+            // The state is set by an earlier message: a cancel that lands before the sleeping
+            // run's first line (the regression below) must not lose it either.
+            {"tool_calls": [exec("python", "x = 5")]},
+            {"text": "set"},
+            {"tool_calls": [exec("python", "print('sleeping', flush=True)\nimport time; time.sleep(30)")]},
             {"tool_calls": [exec("python", "print(x)")]},
             {"text": "x is 5"},
         ]))
         .await;
+    let s = c.send("set x", &NoOperator).await;
+    assert_eq!(s.reason, DoneReason::Stop);
     let s = send_cancelling(&mut c.agent, "sleep", &NoOperator, when).await;
     assert_eq!(s.reason, DoneReason::Cancelled);
     let r = s.result();
     assert!(s.elapsed < Duration::from_secs(5), "{:?} {r}", s.elapsed);
     assert!(r.contains("[the user interrupted the run]"), "{r}");
-    let outs = s.outputs("call_0_0");
+    let outs = s.outputs("call_2_0");
     assert!(
         matches!(outs.last(), Some(Body::Status { content: Some(st), .. })
             if st.outcome == Some(spindle_protocol::Outcome::Interrupted)),
         "{outs:#?}"
     );
     assert_eq!(s.notices(NoticeFormat::Cancelled).len(), 1);
-    assert_eq!(c.mock.attempts().await, 1, "the model was not asked again");
+    assert_eq!(c.mock.attempts().await, 3, "the model was not asked again");
     let s = c.send("and x?", &NoOperator).await;
     assert_eq!(s.reason, DoneReason::Stop);
     assert_eq!(s.result(), "5");
-    let msgs = messages(&c.mock.chats().await[1]);
+    let msgs = messages(&c.mock.chats().await[3]);
     // The interrupted call has its tool message before the new user message.
-    assert_eq!(msgs[3]["role"], "tool");
-    assert_eq!(msgs[3]["tool_call_id"], "call_0_0");
-    assert_eq!(msgs[4], json!({"role": "user", "content": "and x?"}));
+    assert_eq!(msgs[7]["role"], "tool");
+    assert_eq!(msgs[7]["tool_call_id"], "call_2_0");
+    assert_eq!(msgs[8], json!({"role": "user", "content": "and x?"}));
     c.finish().await;
 }
 
