@@ -386,6 +386,11 @@ def _stream_ops(ans: _Answer, turn: dict) -> list:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY, as the real servers set it (Go's net/http for Ollama, asyncio/uvicorn for
+    # vLLM): with Nagle on, each small SSE write after the first waits for the client's delayed
+    # ACK (~40 ms on Linux), so events arrive late and `t_last_byte` is not when the client
+    # got the byte.
+    disable_nagle_algorithm = True
     server_version = "mock-llm/1.0"
     sys_version = ""
     timeout = None
