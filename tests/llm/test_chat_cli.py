@@ -505,3 +505,37 @@ def test_vision_sends_the_plot_as_an_image(spindle_bin, chat_env, mock, workdir)
     url = images[0]["image_url"]["url"]
     assert url.startswith("data:image/png;base64,"), url[:40]
     assert base64.b64decode(url.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_connect_drives_the_sessions_of_a_running_serve(spindle_bin, chat_env, mock, workdir,
+                                                        tmp_path):
+    """`spindle chat --connect FILE`: the model's code runs in a session of `spindle serve`
+    (a child of the server, not of the chat process), state persists across tool calls, and
+    the chat's sessions are closed on the server when it exits."""
+    sys.path.insert(0, str(HERE.parent / "native"))
+    from native_helpers import Server  # noqa: E402
+
+    server = Server(spindle_bin, chat_env, tmp_path, name="serve-chat")
+    try:
+        mock.set_script([
+            execute("import os; n = 6; print('pid', os.getppid(), os.getpid())"),
+            execute("print('still', n * 7)"),
+            {"text": "ran on the server"},
+        ])
+        r = run_chat(spindle_bin, chat_env, "-y", "--connect", str(server.path), "go",
+                     cwd=workdir)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        assert "still 42" in r.stdout, r.stdout
+        m = re.search(r"^pid (\d+) (\d+)$", r.stdout, re.M)
+        assert m, r.stdout
+        # The Python process that ran it was the server's child.
+        assert int(m.group(1)) == server.proc.pid, (m.groups(), server.proc.pid)
+        tools = tool_messages(mock.requests[-1])
+        assert [t["tool_call_id"] for t in tools] == ["call_0_0", "call_1_0"]
+        # The chat's sessions were closed when it exited.
+        c = server.client()
+        listed = c.request({"type": "list_sessions"})
+        assert listed["type"] == "sessions", listed
+        assert [s for s in listed["sessions"] if s["name"].startswith("repl-")] == [], listed
+    finally:
+        server.close()
