@@ -39,6 +39,17 @@ fi
 export PATH="$ROOT/.venv/bin:$PATH"
 export SPINDLE_TEST_PYTHON="$ROOT/.venv/bin/python"
 
+# --- the Docker sandbox image (for --sandbox docker and its tests) -------------------------------
+# SPINDLE_TEST_DOCKER=0 skips everything that needs a Docker engine.
+export SPINDLE_TEST_DOCKER=${SPINDLE_TEST_DOCKER:-1}
+if [ "$SPINDLE_TEST_DOCKER" != 0 ]; then
+  image=${SPINDLE_TEST_IMAGE:-spindle-sandbox:latest}
+  if ! docker image inspect "$image" >/dev/null 2>&1; then
+    say "building the sandbox image $image (scripts/sandbox-image.sh, about 3 minutes)"
+    SPINDLE_SANDBOX_IMAGE=$image scripts/sandbox-image.sh
+  fi
+fi
+
 # --- Rust: lint, build, tests --------------------------------------------------------------------
 say "cargo fmt --check"
 cargo fmt --all -- --check
@@ -48,6 +59,11 @@ say "cargo build --release"
 cargo build --release --workspace -q
 say "cargo test"
 cargo test --release --workspace
+if [ "$SPINDLE_TEST_DOCKER" != 0 ]; then
+  say "cargo test: the language behaviour tests again, in the Docker sandbox"
+  SPINDLE_TEST_LAUNCHER=docker cargo test --release -p spindle-languages \
+    --test python --test bash --test node --test sessions
+fi
 
 # --- end-to-end tests against the real binary -----------------------------------------------------
 say "pytest tests/"

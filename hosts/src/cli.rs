@@ -30,6 +30,8 @@ pub enum Command {
     Kernel(crate::jupyter::KernelArgs),
     /// Talk to a language model that runs code in Spindle's sessions (OpenAI-compatible API).
     Chat(crate::chat::ChatArgs),
+    // `spindle mcp --help` shows McpArgs' own documentation.
+    Mcp(crate::mcp::McpArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -41,6 +43,7 @@ pub fn main() -> ExitCode {
         Some(Command::Serve(args)) => crate::native::main(args, &cli.interpreters),
         Some(Command::Kernel(args)) => crate::jupyter::main(args, &cli.interpreters),
         Some(Command::Chat(args)) => crate::chat::main(args, &cli.interpreters),
+        Some(Command::Mcp(args)) => crate::mcp::main(args, &cli.interpreters),
     };
     match result {
         Ok(code) => code,

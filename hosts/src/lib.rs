@@ -9,6 +9,7 @@
 //! - [`jupyter`]: `spindle kernel`, Spindle's sessions as Jupyter kernels, and kernelspecs.
 //! - [`repl`]: the terminal REPL with `%%` magics, and its chat mode.
 //! - [`chat`]: `spindle chat`, the LLM loop (`spindle_llm`) at the terminal.
+//! - [`mcp`]: `spindle mcp`, sessions as a Model Context Protocol server (stdio).
 //! - [`magics`]: the one parser of `%` magics, shared by the hosts.
 //! - [`auth`]: HMAC-SHA256 signing and private (0600) files.
 //! - [`common`]: settings every host shares (interpreters, logging, signals).
@@ -19,6 +20,8 @@ pub mod cli;
 pub mod common;
 pub mod jupyter;
 pub mod magics;
+pub mod mcp;
 pub mod native;
 pub mod repl;
 pub mod run;
+pub mod sandbox;

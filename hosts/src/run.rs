@@ -38,6 +38,8 @@ pub struct RunArgs {
     /// Report the line being executed (`active_line` chunks).
     #[arg(long)]
     pub active_lines: bool,
+    #[command(flatten)]
+    pub sandbox: crate::sandbox::SandboxArgs,
 }
 
 pub fn main(args: RunArgs, interp: &InterpreterArgs) -> anyhow::Result<ExitCode> {
@@ -50,9 +52,13 @@ pub fn main(args: RunArgs, interp: &InterpreterArgs) -> anyhow::Result<ExitCode>
         (None, None) => anyhow::bail!("give code with -c or a file"),
     };
     let language = spindle_languages::language(&args.lang, &interp.interpreters())?;
+    let launcher = args.sandbox.launcher()?;
     let rt = crate::common::runtime()?;
     rt.block_on(async move {
-        let kernel = Kernel::new(KernelConfig::default());
+        let kernel = Kernel::new(KernelConfig {
+            launcher,
+            ..KernelConfig::default()
+        });
         let session = kernel.create_session(SessionSpec::new(language)).await?;
         let opts = ExecOptions {
             timeout: args.timeout.map(Duration::from_secs_f64),

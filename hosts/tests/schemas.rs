@@ -88,6 +88,9 @@ fn schemas_describe_real_messages() {
         "watch",
         "attach",
         "shutdown",
+        "chat",
+        "chat_reply",
+        "chat_cancel",
     ] {
         assert!(text.contains(&format!("\"{tag}\"")), "{tag} missing");
     }

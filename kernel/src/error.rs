@@ -1,6 +1,7 @@
 //! The kernel's typed errors.
 
 use crate::language::LanguageError;
+use crate::launcher::SandboxError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -25,6 +26,8 @@ pub enum KernelError {
         language: String,
         what: &'static str,
     },
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     #[error("{0}")]
     Protocol(String),
     #[error("i/o: {0}")]

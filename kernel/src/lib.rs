@@ -12,7 +12,8 @@
 //!   `subscribe` (watch every chunk) and `close`.
 //! - [`language`]: what a language must provide ([`Language`]): how to launch it and how to put
 //!   requests into its bootstrap's words. The `spindle-languages` crate implements it.
-//! - [`launcher`]: starting processes ([`Launcher`]); the local one uses `portable-pty` and FIFOs.
+//! - [`launcher`]: starting processes ([`Launcher`]); the local one uses `portable-pty` and FIFOs,
+//!   the Docker one runs each process in a locked-down container.
 //! - [`frames`]: parsing what a child sends (event frames, sentinels, split UTF-8).
 //! - [`images`]: checking image bytes and making downscaled copies.
 //! - [`options`]: kernel, session and execution settings.
@@ -30,7 +31,10 @@ pub mod session;
 
 pub use error::KernelError;
 pub use language::{ChildRequest, Language, LanguageError, LaunchContext, LaunchSpec, Outbound};
-pub use launcher::{ExitInfo, Launcher, LocalPtyLauncher, ProcessControl};
+pub use launcher::{
+    DockerConfig, DockerLauncher, ExitInfo, Launcher, LocalPtyLauncher, ProcessControl,
+    SandboxError,
+};
 pub use options::{ExecOptions, KernelConfig, Query, SessionSpec};
 pub use registry::Kernel;
 pub use session::{Execution, Session};

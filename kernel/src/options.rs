@@ -53,6 +53,9 @@ pub struct SessionSpec {
     pub output_cap: Option<u64>,
     /// Default maximum image side for downscaled copies.
     pub image_max_dim: Option<u32>,
+    /// How this session's processes are started, instead of the kernel's launcher (a sandbox
+    /// chosen per session).
+    pub launcher: Option<Arc<dyn Launcher>>,
 }
 
 impl SessionSpec {
@@ -65,6 +68,7 @@ impl SessionSpec {
             timeout: None,
             output_cap: None,
             image_max_dim: None,
+            launcher: None,
         }
     }
 }

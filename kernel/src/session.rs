@@ -57,6 +57,8 @@ struct Inner {
     id: String,
     name: String,
     language: Arc<dyn Language>,
+    /// The sandbox the processes run in, if any.
+    sandbox: Option<spindle_protocol::SandboxInfo>,
     shared: Mutex<Shared>,
     watch: broadcast::Sender<Chunk>,
 }
@@ -161,6 +163,7 @@ impl Session {
             id: id.clone(),
             name,
             language: spec.language.clone(),
+            sandbox: spec.launcher.as_ref().unwrap_or(&config.launcher).sandbox(),
             shared: Mutex::new(Shared {
                 state: SessionState::Starting,
                 pid: None,
@@ -218,6 +221,7 @@ impl Session {
             execution_count: s.execution_count,
             queued: s.queued,
             starts: s.starts,
+            sandbox: self.inner.sandbox.clone(),
         }
     }
 
@@ -475,7 +479,11 @@ impl Proc {
             }
         };
         let nonce = format!("{:016x}", rand::random::<u64>());
-        let spawned = config.launcher.launch(LaunchRequest {
+        let launcher = spec
+            .launcher
+            .clone()
+            .unwrap_or_else(|| config.launcher.clone());
+        let request = LaunchRequest {
             language: language.clone(),
             spec: launch,
             run_dir: run_dir.clone(),
@@ -488,7 +496,16 @@ impl Proc {
             nonce: nonce.clone(),
             session_id: inner.id.clone(),
             pty_size: config.pty_size,
-        });
+        };
+        // A launcher may block (a container engine); keep it off the runtime's threads.
+        let spawned = tokio::task::spawn_blocking(move || launcher.launch(request))
+            .await
+            .unwrap_or_else(|e| {
+                Err(KernelError::StartFailed {
+                    language: language.clone(),
+                    detail: format!("the launcher panicked: {e}"),
+                })
+            });
         let spawned = match spawned {
             Ok(s) => s,
             Err(e) => {

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use spindle_kernel::{ExecOptions, Kernel, KernelConfig, Query, Session, SessionSpec};
+use spindle_kernel::{ExecOptions, Kernel, Query, Session, SessionSpec};
 use spindle_protocol::{Body, Chunk, ConsoleFormat, Outcome};
 
 async fn session() -> (Kernel, Session) {
-    let kernel = Kernel::new(KernelConfig::default());
+    let kernel = Kernel::new(common::config());
     let lang = spindle_languages::language("bash", &Default::default()).expect("bash language");
     let mut spec = SessionSpec::new(lang);
     spec.cwd = Some(std::env::temp_dir());
@@ -81,10 +81,11 @@ async fn exit_restarts_with_a_fresh_session() {
 async fn display_keeps_its_place_between_echoes() {
     let (_k, s) = session().await;
     let png = make_png();
-    let dir = std::env::temp_dir().join(format!("spindle-bash-png-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("x.png"), &png).unwrap();
-    let code = format!("cd '{}'\necho a; display x.png; echo b", dir.display());
+    // The file is made by the session itself, so the test runs the same in a sandbox.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let code = format!(
+        "cd \"$(mktemp -d)\" && echo {b64} | base64 -d > x.png\necho a; display x.png; echo b"
+    );
     let c = run(&s, &code).await;
     let kinds: Vec<String> = c
         .iter()
@@ -106,7 +107,6 @@ async fn display_keeps_its_place_between_echoes() {
             _ => None,
         })
         .collect();
-    std::fs::remove_dir_all(&dir).ok();
     assert_eq!(kinds, ["text:a\n", "image", "text:b\n"], "{c:#?}");
 }
 

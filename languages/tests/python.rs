@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use spindle_kernel::{ExecOptions, Kernel, KernelConfig, Query, Session, SessionSpec};
+use spindle_kernel::{ExecOptions, Kernel, Query, Session, SessionSpec};
 use spindle_languages::Interpreters;
 use spindle_protocol::{Body, Chunk, ConsoleFormat, ErrorContent, ImageFormat, Outcome, Rich};
 
@@ -38,7 +38,7 @@ fn venv_python() -> PathBuf {
 }
 
 async fn start(interpreters: Interpreters) -> (Kernel, Session) {
-    let kernel = Kernel::new(KernelConfig::default());
+    let kernel = Kernel::new(common::config());
     let lang = spindle_languages::language("python", &interpreters).expect("python language");
     let session = kernel
         .create_session(SessionSpec::new(lang))
@@ -617,11 +617,16 @@ async fn user_expressions_and_display_file() {
     assert_eq!(ue["bad"]["status"], json!("error"));
     assert_eq!(ue["bad"]["ename"], json!("ZeroDivisionError"));
 
-    let dir = std::env::temp_dir().join(format!("spindle-py-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("table.csv");
-    std::fs::write(&path, "a,b\n1,2\n").unwrap();
-    let chunks = run(&s, &format!("display_file({:?})", path.to_string_lossy())).await;
+    // The file is made by the session itself, so the test runs the same in a sandbox.
+    let chunks = run(
+        &s,
+        "import os, tempfile\np = os.path.join(tempfile.mkdtemp(), 'table.csv')\n\
+         open(p, 'w').write('a,b\\n1,2\\n')\nprint(p, end='')",
+    )
+    .await;
+    let path = stdout(&chunks);
+    assert!(path.ends_with("table.csv"), "{chunks:#?}");
+    let chunks = run(&s, "display_file(p)").await;
     let file = chunks
         .iter()
         .find_map(|c| match &c.body {
@@ -629,7 +634,6 @@ async fn user_expressions_and_display_file() {
             _ => None,
         })
         .expect("a file chunk");
-    assert_eq!(Path::new(&file.path), path);
+    assert_eq!(file.path, path);
     assert_eq!(file.mime, "text/csv");
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -17,6 +17,13 @@
 //! [`Chunk`](crate::Chunk), ending with the `status`/`finished` chunk. The same chunks are
 //! published as `chunk` events to every subscriber of the session, whoever asked.
 //!
+//! A `chat` runs a whole task of the LLM loop in a conversation and answers with one `item`
+//! reply per conversation [`Item`], the last one the `done` item. The same items are published
+//! as `item` events under the conversation id as topic and under the id of each of the
+//! conversation's sessions (one per language, named `<conversation>-<language>`, listed and
+//! watched like any other session). ZeroMQ topics match by prefix: a subscriber of conversation
+//! `c1` also receives `c10`'s events unless it checks that the topic frame is exactly `c1`.
+//!
 //! The JSON Schemas under `schemas/` are generated from these types ([`schemas`]).
 
 use std::collections::BTreeMap;
@@ -26,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::chunk::Chunk;
+use crate::conversation::Item;
 use crate::session::SessionInfo;
 
 /// The signature scheme named in connection files.
@@ -111,12 +119,109 @@ pub enum RequestBody {
     IsComplete { session: String, code: String },
     /// Ask for a `welcome` event on the session's topic, to learn that a SUB socket subscribed
     /// to it is receiving (closes ZeroMQ's slow-joiner gap). Answered by a `session` reply.
+    ///
+    /// `session` may also name a conversation (the id of a `chat`, once one was sent): then the
+    /// `welcome` event goes out under the conversation id as topic, carrying `conversation`
+    /// instead of `session`, and the answer is a `conversation` reply. Session ids and names
+    /// come first; a conversation cannot take a live session's id or name, nor the reverse.
     Watch { session: String },
     /// A Jupyter connection file for this session, so Jupyter clients can attach to it.
     /// Answered by an `attach` reply.
     Attach { session: String },
     /// Stop the host: every session is closed. Answered by `ok` first.
     Shutdown,
+    /// Send a message to a conversation with the language model, which runs code in the
+    /// conversation's sessions until the task is done. Answered by `item` replies, the last one
+    /// the `done` item; the same items are published as `item` events (see the module docs).
+    /// Only one chat may be in flight per conversation (else `busy`).
+    Chat(Chat),
+    /// Answer the pending `confirm` item (with `decision`) or `input` item (with `input`) of
+    /// `call`. Answered by `ok`; `no_pending_input` when nothing of that call waits for an
+    /// answer, `unknown_conversation` for a conversation never chatted in.
+    ChatReply {
+        conversation: String,
+        /// The `call` of the `confirm` or `input` item answered.
+        call: String,
+        /// For a `confirm` item: run the code, skip it (the model is told it was declined), or
+        /// run `code` instead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        decision: Option<ChatDecision>,
+        /// The code to run instead, with `decision: edit`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+        /// For an `input` item: the line the program reads.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input: Option<String>,
+    },
+    /// Stop what the conversation's chat is doing, like Ctrl-C: the model's stream is cut, or
+    /// the running code is interrupted; the chat then ends with a `done` item whose reason is
+    /// `cancelled`. Answered by `ok` (also when nothing is in flight).
+    ChatCancel { conversation: String },
+}
+
+/// One message to a conversation, and how the loop runs it. The endpoint and the API key come
+/// from the host's environment and config file (`SPINDLE_LLM_*`, `[llm]` in
+/// `~/.config/spindle/config.toml`, `OPENAI_*`); the API key never travels over the wire, and
+/// is not sent to a `base_url` other than the one the host is configured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Chat {
+    /// Chosen by the client (1 to 200 bytes). The first chat with a new id starts the
+    /// conversation; later ones continue it (the model sees everything said before).
+    pub conversation: String,
+    /// What the user says.
+    pub message: String,
+    /// Run the model's code without asking. Required: with `false`, each run waits for a
+    /// `chat_reply` to its `confirm` item (unanswered for the host's confirm timeout, 10
+    /// minutes by default, it counts as skipped, and a `notice` item says so).
+    pub auto_run: bool,
+    /// The model's endpoint (OpenAI-compatible, such as `http://127.0.0.1:11434/v1`); the
+    /// host's by default. The host's API key is only sent to the host's own endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// The model's name; the host's by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Model requests for this message before the loop stops (10 by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rounds: Option<u32>,
+    /// Bytes of each run's output the model sees (head and tail kept; 8192 by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_budget: Option<u64>,
+    /// Seconds each run may take (120 by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_timeout: Option<f64>,
+    /// Send images to the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision: Option<bool>,
+    /// Stream the model's answers (SSE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// Offer the model the `execute` tool; `false` runs fenced code blocks instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<bool>,
+}
+
+/// The answer to a `confirm` item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatDecision {
+    Run,
+    Skip,
+    /// Run the request's `code` instead.
+    Edit,
+}
+
+/// A conversation as the host sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConversationInfo {
+    /// The id the client chose.
+    pub id: String,
+    /// Whether a chat is in flight.
+    pub busy: bool,
+    /// Items so far (the `seq` of the next one).
+    pub items: u64,
+    /// Its sessions, one per language used so far (named `<conversation>-<language>`).
+    pub sessions: Vec<SessionInfo>,
 }
 
 /// Options of a new session.
@@ -139,6 +244,9 @@ pub struct CreateSession {
     /// Default console output cap per execution, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_cap: Option<u64>,
+    /// Run the session in a sandbox (`{"kind": "docker", "memory": …}`); the host's by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::SandboxRequest>,
 }
 
 /// Code to run, and how.
@@ -191,7 +299,7 @@ pub struct Reply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ReplyBody {
-    /// One session (create_session, session_info, restart, watch).
+    /// One session (create_session, session_info, restart, watch of a session).
     Session {
         session: SessionInfo,
         /// True when create_session took a pre-started session from the warm pool.
@@ -206,11 +314,20 @@ pub enum ReplyBody {
     Chunk {
         chunk: Chunk,
     },
-    /// The client read too slowly and `count` chunks of this execution were dropped for it
-    /// (they were still published to subscribers).
+    /// The client read too slowly and `count` chunks of this execution (or items of this chat)
+    /// were dropped for it (they were still published to subscribers). For a chat, `session`
+    /// is the conversation id.
     Missed {
         session: String,
         count: u64,
+    },
+    /// One item of a chat's conversation; the last one of a chat is its `done` item.
+    Item {
+        item: Item,
+    },
+    /// A conversation (watch of a conversation).
+    Conversation {
+        conversation: ConversationInfo,
     },
     /// Done (interrupt, close, input_reply, stdin, shutdown).
     Ok,
@@ -304,22 +421,40 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Anything else that went wrong in the session.
     Failed,
+    /// A chat, but the host knows no model endpoint (the reason says what to set where the
+    /// host runs: `SPINDLE_LLM_BASE_URL`, `SPINDLE_LLM_MODEL`, `SPINDLE_LLM_API_KEY`, or the
+    /// config file).
+    NotConfigured,
+    /// A chat, but another chat of the same conversation is still in flight.
+    Busy,
+    /// No conversation with that id (no chat was ever sent to it).
+    UnknownConversation,
 }
 
 /// An event published on the PUB socket, under the session id as topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    /// Answer to a `watch` request: from here on this subscriber receives the session's events.
+    /// Answer to a `watch` request: from here on this subscriber receives the session's (or
+    /// the conversation's) events. Exactly one of `session` and `conversation` is present.
     Welcome {
         /// The id of the `watch` request that asked for it.
         token: String,
-        session: SessionInfo,
+        /// The session watched.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<SessionInfo>,
+        /// The conversation watched (published under the conversation id as topic).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conversation: Option<ConversationInfo>,
     },
     /// One chunk of the session, from any client's execution or from between executions.
     Chunk { chunk: Chunk },
-    /// `count` chunks of the session were not published because the host's event buffer was
-    /// full (a subscriber fell behind); `seq` numbers show where.
+    /// One item of a conversation, from a `chat` (under the conversation id and under each of
+    /// the conversation's session ids as topic).
+    Item { item: Item },
+    /// `count` chunks of the session (or items, under a conversation's topic) were not
+    /// published because the host's event buffer was full (a subscriber fell behind); `seq`
+    /// numbers show where. `session` is the topic: a session id or a conversation id.
     Missed { session: String, count: u64 },
     /// The session was closed (on request, or because the host stopped).
     Closed { session: String, reason: String },
@@ -380,6 +515,59 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn chat_needs_auto_run() {
+        let ok: Request = serde_json::from_value(json!({
+            "id": "1", "type": "chat", "conversation": "c", "message": "hi", "auto_run": false,
+            "model": "m"
+        }))
+        .unwrap();
+        match &ok.body {
+            RequestBody::Chat(c) => {
+                assert!(!c.auto_run);
+                assert_eq!(c.model.as_deref(), Some("m"));
+                assert_eq!(c.base_url, None);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let missing = json!({"id": "1", "type": "chat", "conversation": "c", "message": "hi"});
+        assert!(serde_json::from_value::<Request>(missing).is_err());
+        let r: Request = serde_json::from_value(json!({
+            "id": "2", "type": "chat_reply", "conversation": "c", "call": "call_1",
+            "decision": "edit", "code": "print(1)"
+        }))
+        .unwrap();
+        assert_eq!(
+            r.body,
+            RequestBody::ChatReply {
+                conversation: "c".into(),
+                call: "call_1".into(),
+                decision: Some(ChatDecision::Edit),
+                code: Some("print(1)".into()),
+                input: None,
+            }
+        );
+    }
+
+    #[test]
+    fn welcome_carries_a_session_or_a_conversation() {
+        let ev = Event::Welcome {
+            token: "t".into(),
+            session: None,
+            conversation: Some(ConversationInfo {
+                id: "c".into(),
+                busy: false,
+                items: 3,
+                sessions: Vec::new(),
+            }),
+        };
+        assert_eq!(
+            serde_json::to_value(&ev).unwrap(),
+            json!({"type": "welcome", "token": "t",
+                   "conversation": {"id": "c", "busy": false, "items": 3, "sessions": []}})
+        );
     }
 
     #[test]

@@ -208,8 +208,8 @@ class Client:
 
 
 class Watcher:
-    """A SUB socket on one session, past ZeroMQ's slow-joiner gap: it asks for `welcome`
-    events (through `client`) until one arrives."""
+    """A SUB socket on one session (or conversation), past ZeroMQ's slow-joiner gap: it asks
+    for `welcome` events (through `client`) until one arrives."""
 
     def __init__(self, server, client, session_id, rcvhwm=None, rcvbuf=None):
         self.key = server.conn["key"].encode()
@@ -226,7 +226,7 @@ class Watcher:
         while True:
             token = client.send({"type": "watch", "session": session_id})
             reply = client.recv(token)
-            assert reply["type"] == "session", reply
+            assert reply["type"] in ("session", "conversation"), reply
             if self.sock.poll(200):
                 ev = self.recv()
                 assert ev["type"] == "welcome", ev

@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use zeromq::{RouterSendHalf, ZmqMessage};
 
 use crate::auth::Signer;
+use crate::native::chat::{self, Chats};
 use crate::native::events::{spawn_relay, Events};
 use crate::native::pool::Pool;
 use crate::native::wire::{self, Client, Sent, Wait};
@@ -39,11 +40,11 @@ use crate::native::wire::{self, Client, Sent, Wait};
 /// Ids and names of closed sessions remembered, to say "closed" rather than "unknown".
 const CLOSED_MEMORY: usize = 4096;
 /// How long the last reply of an execution may wait for a client that does not read.
-const FINAL_PATIENCE: Duration = Duration::from_secs(300);
+pub(super) const FINAL_PATIENCE: Duration = Duration::from_secs(300);
 /// Longest session name accepted.
 const MAX_NAME_BYTES: usize = 256;
 
-type Failure = (ErrorCode, String);
+pub(super) type Failure = (ErrorCode, String);
 
 /// Settings of one host.
 #[derive(Debug, Clone)]
@@ -56,6 +57,8 @@ pub struct HostConfig {
     pub ip: String,
     /// Where Jupyter connection files for attachments go.
     pub attach_dir: PathBuf,
+    /// How long a chat's `confirm` or `input` item waits for its `chat_reply`.
+    pub chat_confirm_timeout: Duration,
 }
 
 /// A session served as a Jupyter kernel too (see [`crate::jupyter::attach`]). A task owns the
@@ -127,12 +130,13 @@ impl Closed {
 /// Everything the handlers share.
 pub struct Host {
     kernel: Arc<Kernel>,
-    interpreters: Interpreters,
+    pub(super) interpreters: Interpreters,
     signer: Signer,
     router: RouterSendHalf,
-    events: Events,
+    pub(super) events: Events,
     pool: Pool,
     config: HostConfig,
+    pub(super) chats: Chats,
     entries: DashMap<String, Arc<Entry>>,
     /// Session name → id. Names live here rather than in the kernel, so that a pooled session
     /// (started before anyone chose its name) can take the name it is created with.
@@ -162,6 +166,7 @@ impl Host {
             router,
             events,
             pool,
+            chats: Chats::new(config.chat_confirm_timeout),
             config,
             entries: DashMap::new(),
             names: DashMap::new(),
@@ -222,7 +227,7 @@ impl Host {
         }
     }
 
-    fn answer(client: Arc<Client>, id: String, result: Result<ReplyBody, Failure>) {
+    pub(super) fn answer(client: Arc<Client>, id: String, result: Result<ReplyBody, Failure>) {
         tokio::spawn(async move {
             let body = match result {
                 Ok(body) => body,
@@ -346,13 +351,17 @@ impl Host {
             RequestBody::Watch { session } => {
                 let token = id.clone();
                 Self::answer_later(client, id, async move {
-                    let e = me.resolve(&session)?;
+                    let e = match me.resolve(&session) {
+                        Ok(e) => e,
+                        Err(f) => return chat::watch(&me, &session, token).await.ok_or(f),
+                    };
                     let info = e.info();
                     // Published before the reply, so a client that has its reply and sees no
                     // welcome knows its subscription is not live yet.
                     let ev = Event::Welcome {
                         token,
-                        session: info.clone(),
+                        session: Some(info.clone()),
+                        conversation: None,
                     };
                     me.events
                         .publish(&info.id, &ev, Wait::Upto(Duration::from_secs(1)))
@@ -380,7 +389,33 @@ impl Host {
                     me.stop.notify_one();
                 });
             }
+            RequestBody::Chat(c) => chat::start(self, client, id, c),
+            RequestBody::ChatReply {
+                conversation,
+                call,
+                decision,
+                code,
+                input,
+            } => {
+                let r = self
+                    .chats
+                    .reply(&conversation, &call, decision, code, input);
+                Self::answer(client, id, r)
+            }
+            RequestBody::ChatCancel { conversation } => {
+                Self::answer(client, id, self.chats.cancel(&conversation))
+            }
         }
+    }
+
+    /// The info of the live session with this id or name.
+    pub(super) fn session_info(&self, key: &str) -> Option<SessionInfo> {
+        self.resolve(key).ok().map(|e| e.info())
+    }
+
+    /// The live session with this id or name.
+    pub(super) fn session(&self, key: &str) -> Result<Session, Failure> {
+        self.resolve(key).map(|e| e.session.clone())
     }
 
     /// The live session with this id or name.
@@ -404,7 +439,7 @@ impl Host {
         ))
     }
 
-    async fn create(self: Arc<Self>, c: CreateSession) -> Result<ReplyBody, Failure> {
+    pub(super) async fn create(self: Arc<Self>, c: CreateSession) -> Result<ReplyBody, Failure> {
         let language = spindle_languages::language(&c.language, &self.interpreters)
             .map_err(|e| (ErrorCode::Unsupported, e.to_string()))?;
         let timeout = seconds(c.timeout, "timeout")?;
@@ -421,6 +456,12 @@ impl Host {
                 Some(p)
             }
         };
+        let launcher = match &c.sandbox {
+            None => None,
+            Some(r) => crate::sandbox::for_request(r)
+                .await
+                .map_err(|e| (ErrorCode::StartFailed, e))?,
+        };
         let name = self.reserve_name(c.name.as_deref())?;
         let release = |name: &Option<String>| {
             if let Some(n) = name {
@@ -429,6 +470,7 @@ impl Host {
         };
         // A pooled session was started in the host's directory with no extra environment.
         let pool_fits = c.env.is_empty()
+            && launcher.is_none()
             && match &cwd {
                 None => true,
                 Some(p) => p.canonicalize().ok() == self.cwd,
@@ -445,6 +487,7 @@ impl Host {
                 let mut spec = SessionSpec::new(language);
                 spec.cwd = cwd;
                 spec.env = c.env.into_iter().collect();
+                spec.launcher = launcher;
                 match self.kernel.start_detached(spec).await {
                     Ok(s) => s,
                     Err(e) => {
@@ -510,6 +553,12 @@ impl Host {
         };
         if self.entries.contains_key(name) {
             return Err(taken());
+        }
+        if self.chats.contains(name) {
+            return Err((
+                ErrorCode::NameTaken,
+                format!("{name:?} is the id of a conversation"),
+            ));
         }
         match self.names.entry(name.to_string()) {
             dashmap::mapref::entry::Entry::Occupied(_) => Err(taken()),
@@ -613,6 +662,8 @@ impl Host {
     /// process trees), tell watchers.
     pub async fn shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        // Chats stop first; their sessions are closed with the others below.
+        self.chats.shutdown();
         self.pool.shutdown().await;
         let entries: Vec<Arc<Entry>> = self.entries.iter().map(|e| e.value().clone()).collect();
         self.entries.clear();

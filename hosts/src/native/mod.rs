@@ -8,9 +8,12 @@
 //!
 //! - [`wire`]: checking and signing messages, per-client byte budgets.
 //! - [`host`]: sessions and request handlers.
+//! - [`chat`]: `chat` requests: the LLM loop on the host's sessions, its items to the requester
+//!   and to subscribers, confirmations answered by `chat_reply`.
 //! - [`events`]: relaying each session's chunks to the PUB socket.
 //! - [`pool`]: the warm pool of pre-started sessions (`--warm N`).
 
+pub mod chat;
 pub mod events;
 pub mod host;
 pub mod pool;
@@ -96,6 +99,12 @@ pub struct ServeArgs {
     /// and subscribers get a `missed` event with the count.
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     pub event_buffer: usize,
+    /// Seconds a chat's `confirm` (or `input`) item waits for the client's `chat_reply`; then
+    /// the code counts as skipped (or the program gets no input).
+    #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
+    pub chat_confirm_timeout: f64,
+    #[command(flatten)]
+    pub sandbox: crate::sandbox::SandboxArgs,
 }
 
 impl Default for ServeArgs {
@@ -110,6 +119,8 @@ impl Default for ServeArgs {
             client_buffer: 32 << 20,
             client_timeout: 10.0,
             event_buffer: 64 << 20,
+            chat_confirm_timeout: 600.0,
+            sandbox: Default::default(),
         }
     }
 }
@@ -196,7 +207,11 @@ async fn serve(args: ServeArgs, interp: &InterpreterArgs) -> anyhow::Result<Exit
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let kernel = Arc::new(Kernel::new(KernelConfig::default()));
+    crate::sandbox::set_host_defaults(&args.sandbox)?;
+    let kernel = Arc::new(Kernel::new(KernelConfig {
+        launcher: args.sandbox.launcher()?,
+        ..KernelConfig::default()
+    }));
     let pool = Pool::start(kernel.clone(), languages, args.warm);
     let host = Arc::new(Host::new(
         kernel,
@@ -212,6 +227,10 @@ async fn serve(args: ServeArgs, interp: &InterpreterArgs) -> anyhow::Result<Exit
                 .context("--client-timeout: a number of seconds")?,
             ip: args.ip.clone(),
             attach_dir,
+            chat_confirm_timeout: Duration::try_from_secs_f64(args.chat_confirm_timeout)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .context("--chat-confirm-timeout: a positive number of seconds")?,
         },
     ));
 

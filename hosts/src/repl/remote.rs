@@ -30,23 +30,23 @@ use super::backend::{Backend, BackendError, ChunkStream};
 use crate::auth::Signer;
 
 /// Time limit of quick requests (interrupt, stdin, info, …).
-const QUICK: Duration = Duration::from_secs(5);
+pub(crate) const QUICK: Duration = Duration::from_secs(5);
 /// Time limit of creating or restarting a session.
-const SLOW: Duration = Duration::from_secs(40);
+pub(crate) const SLOW: Duration = Duration::from_secs(40);
 /// Time limit of connecting.
 const CONNECT: Duration = Duration::from_secs(3);
 
-type Pending = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<ReplyBody>>>>;
+pub(crate) type Pending = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<ReplyBody>>>>;
 
 /// One connection to the server.
-struct Conn {
+pub(crate) struct Conn {
     signer: Signer,
     tx: tokio::sync::Mutex<DealerSendHalf>,
-    pending: Pending,
-    alive: Arc<AtomicBool>,
+    pub(crate) pending: Pending,
+    pub(crate) alive: Arc<AtomicBool>,
     reader: tokio::task::JoinHandle<()>,
     next: AtomicU64,
-    endpoint: String,
+    pub(crate) endpoint: String,
 }
 
 impl Drop for Conn {
@@ -71,7 +71,7 @@ fn read_info(path: &Path) -> Result<ConnectionInfo, BackendError> {
 }
 
 impl Conn {
-    async fn open(path: &Path) -> Result<Arc<Conn>, BackendError> {
+    pub(crate) async fn open(path: &Path) -> Result<Arc<Conn>, BackendError> {
         let info = read_info(path)?;
         if info.transport != "tcp" {
             return Err(BackendError::Disconnected(format!(
@@ -129,7 +129,7 @@ impl Conn {
     }
 
     /// Send a request; its replies arrive on the returned channel.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         body: RequestBody,
     ) -> Result<(String, mpsc::UnboundedReceiver<ReplyBody>), BackendError> {
@@ -163,7 +163,11 @@ impl Conn {
     }
 
     /// One request, one reply, within `limit`.
-    async fn call(&self, body: RequestBody, limit: Duration) -> Result<ReplyBody, BackendError> {
+    pub(crate) async fn call(
+        &self,
+        body: RequestBody,
+        limit: Duration,
+    ) -> Result<ReplyBody, BackendError> {
         let (id, mut rx) = self.send(body).await?;
         let r = tokio::time::timeout(limit, rx.recv()).await;
         self.pending.lock().expect("pending").remove(&id);
@@ -179,7 +183,7 @@ impl Conn {
     }
 }
 
-fn remote_error(code: ErrorCode, reason: String) -> BackendError {
+pub(crate) fn remote_error(code: ErrorCode, reason: String) -> BackendError {
     match code {
         ErrorCode::ShuttingDown => BackendError::Disconnected(reason),
         _ => BackendError::Remote(reason),
@@ -349,6 +353,7 @@ impl Remote {
             env: Default::default(),
             timeout: None,
             output_cap: None,
+            sandbox: None,
         };
         let mut reply = conn
             .call(RequestBody::CreateSession(create.clone()), SLOW)

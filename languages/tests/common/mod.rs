@@ -1,14 +1,47 @@
 //! Helpers shared by the end-to-end tests: run code through a session and read its chunks.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use spindle_kernel::{ExecOptions, Session};
+use spindle_kernel::{DockerConfig, DockerLauncher, ExecOptions, KernelConfig, Launcher, Session};
 use spindle_protocol::{Body, Chunk, ConsoleFormat, StatusContent, StatusFormat};
 
 /// Longest any single execution in these tests may take.
 pub const LIMIT: Duration = Duration::from_secs(120);
+
+/// The launcher these tests run on: the local PTY launcher, or the Docker sandbox when
+/// `SPINDLE_TEST_LAUNCHER=docker` (image `SPINDLE_TEST_IMAGE`, default `spindle-sandbox:latest`).
+/// Every behaviour test runs unchanged on both.
+pub fn launcher() -> Arc<dyn Launcher> {
+    static DOCKER: OnceLock<Arc<dyn Launcher>> = OnceLock::new();
+    if !sandboxed() {
+        return Arc::new(spindle_kernel::LocalPtyLauncher);
+    }
+    DOCKER
+        .get_or_init(|| {
+            let mut cfg = DockerConfig::default();
+            if let Ok(image) = std::env::var("SPINDLE_TEST_IMAGE") {
+                cfg.image = image;
+            }
+            Arc::new(DockerLauncher::connect(cfg).expect("the Docker sandbox is available"))
+        })
+        .clone()
+}
+
+/// Whether these tests run in the Docker sandbox.
+pub fn sandboxed() -> bool {
+    std::env::var("SPINDLE_TEST_LAUNCHER").is_ok_and(|v| v == "docker")
+}
+
+/// The kernel settings of these tests: the defaults, on [`launcher`].
+pub fn config() -> KernelConfig {
+    KernelConfig {
+        launcher: launcher(),
+        ..KernelConfig::default()
+    }
+}
 
 /// Run `code` and collect every chunk up to `finished`.
 pub async fn run_with(session: &Session, code: &str, opts: ExecOptions) -> Vec<Chunk> {

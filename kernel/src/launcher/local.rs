@@ -1,86 +1,18 @@
-//! Starting language processes.
-//!
-//! A [`Launcher`] turns a [`LaunchSpec`] into a running process and the byte streams the kernel
-//! reads and writes (see `docs/child-protocol.md`): the PTY (both ways), the child's stderr, the
-//! event stream and the request stream. The local launcher uses `portable-pty` and FIFOs in the
-//! session's private run directory; a container launcher can supply the same streams by
-//! mounting that directory.
+//! Local processes on a `portable-pty` PTY, with the FIFOs in the private run directory.
 
-use std::ffi::CString;
-use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use portable_pty::{CommandBuilder, PtySize};
 
+use super::{
+    clear_nonblock, dup, kill_session, mkfifo, open_fifo_reader, open_fifo_writer, set_pipe_size,
+    write_private, ExitInfo, LaunchRequest, Launcher, ProcessControl, Spawned,
+};
 use crate::error::KernelError;
-use crate::language::LaunchSpec;
-
-/// What the kernel hands a launcher.
-#[derive(Debug, Clone)]
-pub struct LaunchRequest {
-    pub language: String,
-    pub spec: LaunchSpec,
-    /// The private run directory (already created, mode 0700).
-    pub run_dir: PathBuf,
-    pub cwd: Option<PathBuf>,
-    /// Session environment (the language's own is in `spec.env`).
-    pub env: Vec<(String, String)>,
-    /// Nonce for sentinels.
-    pub nonce: String,
-    pub session_id: String,
-    pub pty_size: (u16, u16),
-}
-
-/// How a process ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExitInfo {
-    pub code: Option<i32>,
-    /// Signal description, when it was killed by one.
-    pub signal: Option<String>,
-}
-
-impl std::fmt::Display for ExitInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (&self.signal, self.code) {
-            (Some(sig), _) => write!(f, "was killed by a signal ({sig})"),
-            (None, Some(code)) => write!(f, "exited with status {code}"),
-            (None, None) => write!(f, "ended"),
-        }
-    }
-}
-
-/// Signals and kills for a running process.
-pub trait ProcessControl: Send + Sync + std::fmt::Debug {
-    /// Process id of the language process, if local.
-    fn pid(&self) -> Option<u32>;
-    /// Send SIGINT to the terminal's foreground process group; fall back to the process itself.
-    fn interrupt(&self) -> io::Result<()>;
-    /// Kill the process and everything in its session.
-    fn kill_all(&self);
-}
-
-/// A started process and its streams.
-pub struct Spawned {
-    pub control: Arc<dyn ProcessControl>,
-    pub pty_reader: Box<dyn Read + Send>,
-    pub pty_writer: Box<dyn Write + Send>,
-    pub err_reader: Box<dyn Read + Send>,
-    pub evt_reader: Box<dyn Read + Send>,
-    /// Opens the request stream; call it once the child said `ready` (it opens its end first).
-    pub open_requests: Box<dyn FnOnce() -> io::Result<Box<dyn Write + Send>> + Send>,
-    /// Blocks until the process ends, reaping it. Runs on its own thread.
-    pub wait: Box<dyn FnOnce() -> ExitInfo + Send>,
-}
-
-/// Starts processes.
-pub trait Launcher: Send + Sync + std::fmt::Debug {
-    fn launch(&self, req: LaunchRequest) -> Result<Spawned, KernelError>;
-}
 
 /// Local processes on a `portable-pty` PTY.
 #[derive(Debug, Default, Clone, Copy)]
@@ -293,39 +225,6 @@ impl ProcessControl for LocalControl {
     }
 }
 
-/// SIGKILL every process whose session id is `sid` (the leader included). The leader is a
-/// session leader (portable-pty calls `setsid`), so this reaches every job and background
-/// process it started, unless one left the session on purpose.
-pub fn kill_session(sid: i32) {
-    // SAFETY: plain signal syscalls.
-    unsafe {
-        libc::kill(sid, libc::SIGKILL);
-    }
-    for pid in session_members(sid) {
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
-    }
-}
-
-/// Pids of the processes in session `sid`, read from /proc.
-pub fn session_members(sid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| proc_session(pid) == Some(sid))
-        .collect()
-}
-
-fn proc_session(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces and parentheses):
-    // state ppid pgrp session ...
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(3)?.parse().ok()
-}
-
 fn configure_terminal(fd: RawFd) {
     // No echo (what the host writes is input, not output) and no \n → \r\n translation.
     // SAFETY: termios calls on a descriptor we own; a zeroed termios is filled by tcgetattr.
@@ -337,86 +236,4 @@ fn configure_terminal(fd: RawFd) {
             libc::tcsetattr(fd, libc::TCSANOW, &t);
         }
     }
-}
-
-fn mkfifo(path: &Path) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::other("run directory path contains NUL"))?;
-    // SAFETY: valid C string.
-    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn open_fifo_reader(path: &Path) -> io::Result<File> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)?;
-    clear_nonblock(f.as_raw_fd());
-    Ok(f)
-}
-
-fn open_fifo_writer(path: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-}
-
-fn clear_nonblock(fd: RawFd) {
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
-        }
-    }
-}
-
-fn set_pipe_size(fd: RawFd, size: i32) {
-    // A larger pipe means fewer wake-ups when Python streams; failure just keeps the default.
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        libc::fcntl(fd, libc::F_SETPIPE_SZ, size);
-    }
-}
-
-fn dup(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor we then own.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-    if new < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
-}
-
-/// Write a file readable only by us.
-pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
-}
-
-/// Make a fresh private run directory (mode 0700) for one process.
-pub fn make_run_dir() -> io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    for _ in 0..16 {
-        let dir = base.join(format!("spindle-{}", uuid::Uuid::new_v4().simple()));
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::other("could not create a run directory"))
 }
