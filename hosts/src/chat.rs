@@ -83,6 +83,9 @@ pub struct ChatArgs {
     /// Neither read nor write the history file.
     #[arg(long)]
     pub no_history: bool,
+    /// Where the model's code runs: `--sandbox docker` puts every session in a container.
+    #[command(flatten)]
+    pub sandbox: crate::sandbox::SandboxArgs,
 }
 
 impl ChatArgs {
@@ -134,6 +137,7 @@ pub fn main(args: ChatArgs, interp: &InterpreterArgs) -> anyhow::Result<ExitCode
         images: args.images,
         verbose: args.verbose,
         no_history: args.no_history,
+        sandbox: args.sandbox.clone(),
         ..crate::repl::ReplArgs::default()
     };
     let start = ChatStart {

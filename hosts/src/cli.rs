@@ -34,10 +34,20 @@ pub enum Command {
     Mcp(crate::mcp::McpArgs),
 }
 
+/// `spindle` with no command: the REPL's flags at their defaults, and the variables they read
+/// (`SPINDLE_SANDBOX`, …).
+#[derive(Debug, Parser)]
+struct Bare {
+    #[command(flatten)]
+    repl: crate::repl::ReplArgs,
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Containers a killed host left behind go, whichever host this is.
+    crate::sandbox::sweep_in_background();
     let result = match cli.command {
-        None => crate::repl::main(crate::repl::ReplArgs::default(), &cli.interpreters),
+        None => crate::repl::main(Bare::parse_from(["spindle"]).repl, &cli.interpreters),
         Some(Command::Repl(args)) => crate::repl::main(args, &cli.interpreters),
         Some(Command::Run(args)) => crate::run::main(args, &cli.interpreters),
         Some(Command::Serve(args)) => crate::native::main(args, &cli.interpreters),

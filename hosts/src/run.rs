@@ -55,6 +55,11 @@ pub fn main(args: RunArgs, interp: &InterpreterArgs) -> anyhow::Result<ExitCode>
     let launcher = args.sandbox.launcher()?;
     let rt = crate::common::runtime()?;
     rt.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Handlers before the session starts: a SIGTERM while a sandbox container starts is
+        // then handled below (the container removed), not the default death that leaves it.
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
         let kernel = Kernel::new(KernelConfig {
             launcher,
             ..KernelConfig::default()
@@ -69,9 +74,6 @@ pub fn main(args: RunArgs, interp: &InterpreterArgs) -> anyhow::Result<ExitCode>
         };
         let mut exec = session.execute(&code, opts)?;
         let mut status = 0u8;
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
         let mut interrupts = 0;
         loop {
             tokio::select! {

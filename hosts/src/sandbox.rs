@@ -16,7 +16,8 @@ pub enum SandboxKind {
     Docker,
 }
 
-/// Sandbox flags, shared by `run` and `serve`.
+/// Sandbox flags, shared by every command that makes sessions (`run`, `serve`, `repl`, `chat`,
+/// `mcp`, `kernel`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SandboxArgs {
     /// Run sessions in a sandbox: `docker` (one container per process) or `none`.
@@ -74,8 +75,82 @@ impl SandboxArgs {
     pub fn launcher(&self) -> anyhow::Result<Arc<dyn Launcher>> {
         Ok(match self.sandbox {
             SandboxKind::None => Arc::new(LocalPtyLauncher),
-            SandboxKind::Docker => Arc::new(DockerLauncher::connect(self.docker_config()?)?),
+            SandboxKind::Docker => {
+                let cfg = self.docker_config()?;
+                let l = DockerLauncher::connect(cfg)?;
+                tracing::info!(engine = %l.engine(), image = %self.image, "sessions run in Docker sandboxes");
+                Arc::new(l)
+            }
         })
+    }
+
+    /// The launcher of an embedded kernel, or `None` when the sessions live in a `spindle
+    /// serve` (`--connect`), whose own `--sandbox` decides. Asking for a sandbox there is an
+    /// error rather than a promise this process cannot keep.
+    pub fn launcher_unless_connected(
+        &self,
+        connect: Option<&std::path::Path>,
+    ) -> anyhow::Result<Option<Arc<dyn Launcher>>> {
+        match (connect, self.sandbox) {
+            (None, _) => self.launcher().map(Some),
+            (Some(_), SandboxKind::None) => Ok(None),
+            (Some(path), SandboxKind::Docker) => anyhow::bail!(
+                "--sandbox cannot apply to the sessions of the spindle serve at {}: start that \
+                 server with `spindle serve --sandbox docker` instead (and leave --sandbox off here)",
+                path.display()
+            ),
+        }
+    }
+
+    /// These settings as command-line flags (for kernelspecs, whose argv starts `spindle
+    /// kernel`); empty when there is no sandbox.
+    pub fn to_argv(&self) -> Vec<String> {
+        match self.sandbox {
+            SandboxKind::None => Vec::new(),
+            SandboxKind::Docker => vec![
+                "--sandbox".into(),
+                "docker".into(),
+                "--image".into(),
+                self.image.clone(),
+                "--memory".into(),
+                self.memory.clone(),
+                "--cpus".into(),
+                self.cpus.to_string(),
+                "--pids".into(),
+                self.pids.to_string(),
+                "--network".into(),
+                self.network.clone(),
+                "--workdir-size".into(),
+                self.workdir_size.clone(),
+            ],
+        }
+    }
+}
+
+/// Remove, in the background, the containers of Spindle hosts of this machine that died
+/// (kill -9) without removing theirs: every host entry point calls it at start, sandboxed or
+/// not, so nothing a dead host left outlives the next start. Only when an engine may be there
+/// (`DOCKER_HOST` set, or the local socket exists); `SPINDLE_SANDBOX_SWEEP=0` turns it off.
+/// A sandboxed start also sweeps, synchronously, when its launcher connects.
+pub fn sweep_in_background() {
+    if std::env::var("SPINDLE_SANDBOX_SWEEP").is_ok_and(|v| v == "0") {
+        return;
+    }
+    let remote = std::env::var("DOCKER_HOST").is_ok_and(|h| !h.is_empty());
+    if !remote && !std::path::Path::new("/var/run/docker.sock").exists() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("spindle-sweep".into())
+        .spawn(
+            || match spindle_kernel::launcher::docker::sweep_dead_hosts(None) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "removed containers of dead Spindle hosts"),
+                Err(e) => tracing::debug!(error = %e, "no sweep of dead hosts' containers"),
+            },
+        );
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "cannot start the sweep of dead hosts' containers");
     }
 }
 

@@ -1,5 +1,6 @@
 //! The kernel's typed errors.
 
+use crate::files::FilesError;
 use crate::language::LanguageError;
 use crate::launcher::SandboxError;
 
@@ -28,6 +29,8 @@ pub enum KernelError {
     },
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Files(#[from] FilesError),
     #[error("{0}")]
     Protocol(String),
     #[error("i/o: {0}")]

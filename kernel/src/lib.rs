@@ -17,10 +17,12 @@
 //! - [`frames`]: parsing what a child sends (event frames, sentinels, split UTF-8).
 //! - [`images`]: checking image bytes and making downscaled copies.
 //! - [`options`]: kernel, session and execution settings.
+//! - [`files`]: files in and out of a session's work directory, confined to it.
 //!
 //! The contract between the kernel and a bootstrap is `docs/child-protocol.md`.
 
 pub mod error;
+pub mod files;
 pub mod frames;
 pub mod images;
 pub mod language;
@@ -30,6 +32,7 @@ pub mod registry;
 pub mod session;
 
 pub use error::KernelError;
+pub use files::{FileEntry, FileKind, FilesError, Listing, WorkDir, WriteMode};
 pub use language::{ChildRequest, Language, LanguageError, LaunchContext, LaunchSpec, Outbound};
 pub use launcher::{
     DockerConfig, DockerLauncher, ExitInfo, Launcher, LocalPtyLauncher, ProcessControl,

@@ -59,6 +59,8 @@ struct Inner {
     language: Arc<dyn Language>,
     /// The sandbox the processes run in, if any.
     sandbox: Option<spindle_protocol::SandboxInfo>,
+    /// The working directory on the host (for file requests when not sandboxed).
+    work_root: Option<std::path::PathBuf>,
     shared: Mutex<Shared>,
     watch: broadcast::Sender<Chunk>,
 }
@@ -164,6 +166,7 @@ impl Session {
             name,
             language: spec.language.clone(),
             sandbox: spec.launcher.as_ref().unwrap_or(&config.launcher).sandbox(),
+            work_root: spec.cwd.clone().or_else(|| std::env::current_dir().ok()),
             shared: Mutex::new(Shared {
                 state: SessionState::Starting,
                 pid: None,
@@ -286,6 +289,32 @@ impl Session {
             .map_err(|_| KernelError::Closed(self.inner.id.clone()))?;
         rx.await
             .map_err(|_| KernelError::Closed(self.inner.id.clone()))?
+    }
+
+    /// The session's work directory, for files in and out: the sandbox's (`/work` in its
+    /// container) or else the working directory the session was started in.
+    pub fn work_dir(&self) -> Result<Arc<dyn crate::files::WorkDir>, KernelError> {
+        let s = self.inner.shared.lock().expect("session state");
+        if s.state == SessionState::Closed {
+            return Err(KernelError::Closed(self.inner.id.clone()));
+        }
+        if let Some(w) = s.control.as_ref().and_then(|c| c.work_dir()) {
+            return Ok(w);
+        }
+        if self.inner.sandbox.is_some() {
+            return Err(crate::files::FilesError::Unavailable(format!(
+                "session {} is starting its sandbox; try again when it is ready",
+                self.inner.id
+            ))
+            .into());
+        }
+        match &self.inner.work_root {
+            Some(root) => Ok(Arc::new(crate::files::LocalWorkDir::new(root.clone()))),
+            None => Err(crate::files::FilesError::Unavailable(
+                "the session's working directory is unknown".into(),
+            )
+            .into()),
+        }
     }
 
     /// Interrupt the running execution: SIGINT to the PTY's foreground process group. Does
@@ -708,7 +737,7 @@ impl Proc {
                     None => self.pty_open = false,
                 },
                 e = &mut self.exit_rx, if exited.is_none() => {
-                    exited = Some(e.unwrap_or(ExitInfo { code: None, signal: None }));
+                    exited = Some(e.unwrap_or_default());
                 }
                 _ = &mut deadline => {
                     self.control.kill_all();
@@ -898,7 +927,7 @@ impl Actor {
             x = maybe(pty_ready.then_some(&mut p.pty_rx)) => Ev::Pty(x),
             x = maybe(err_ready.then_some(&mut p.err_rx)) => Ev::Err(x),
             x = maybe(evt_ready.then_some(&mut p.evt_rx)) => Ev::Evt(x),
-            e = &mut p.exit_rx, if !exited => Ev::Exit(e.unwrap_or(ExitInfo { code: None, signal: None })),
+            e = &mut p.exit_rx, if !exited => Ev::Exit(e.unwrap_or_default()),
             _ = sleep_opt(exec_deadline) => Ev::Deadline,
             _ = sleep_opt(hold_at) => Ev::Hold,
             _ = sleep_opt(drain_at) => Ev::Drained,
@@ -1803,17 +1832,17 @@ impl Actor {
     /// The process is gone (exited, crashed, or killed) and its streams are drained.
     async fn on_gone(&mut self) {
         let Some(p) = self.proc.as_mut() else { return };
-        let info = p.exited.clone().unwrap_or(ExitInfo {
-            code: None,
-            signal: None,
-        });
+        let info = p.exited.clone().unwrap_or_default();
         // Let any frame still held through, and what the decoders still hold.
         if let Some((f, _)) = p.held.take() {
             self.on_frame(f).await;
         }
         self.finish_decoders().await;
         let lang = self.inner.language.name().to_string();
-        if info.signal.is_some() {
+        if let Some(reason) = info.reason() {
+            tracing::warn!(language = %lang, %reason, "the process was killed");
+            self.emit_error_any("OutOfMemory", &reason).await;
+        } else if info.signal.is_some() {
             self.emit_error_any("ProcessDied", &format!("the {lang} process {info}"))
                 .await;
         }

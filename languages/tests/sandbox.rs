@@ -166,7 +166,94 @@ print("host", os.path.exists(os.environ.get("CARGO_MANIFEST_DIR", "/nonexistent"
         Some(Outcome::Died),
         "{chunks:#?}"
     );
+    let errors: Vec<(String, String)> = chunks
+        .iter()
+        .filter_map(|c| match &c.body {
+            spindle_protocol::Body::Error { content: Some(e) } => {
+                Some((e.name.clone(), e.value.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [(
+            "OutOfMemory".to_string(),
+            "killed: out of memory (limit 256 MB)".to_string()
+        )],
+        "{chunks:#?}"
+    );
     assert_eq!(stdout(&run(&s, "print(6 * 7)").await), "42\n");
+    kernel.close_session(s.id()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_is_stopped_by_the_pids_limit_and_the_session_recovers() {
+    if skip() {
+        return;
+    }
+    let l = launcher_with(DockerConfig {
+        pids: 48,
+        ..Default::default()
+    });
+    let kernel = kernel_on(&l);
+    let s = session(&kernel, "python").await;
+    assert_eq!(stdout(&run(&s, "state = 'kept'").await), "");
+    // Every process forks as fast as it can for two seconds (children too), then the first one
+    // reports how many forks the limit refused and the most processes it saw at once.
+    let bomb = r#"
+import os, time
+end = time.time() + 2
+me = os.getpid()
+refused = 0
+def cgroup_pids():
+    for p in ("/sys/fs/cgroup/pids/pids.current", "/sys/fs/cgroup/pids.current"):
+        try:
+            return int(open(p).read())
+        except OSError:
+            pass
+    return -1
+peak = 0
+while time.time() < end:
+    try:
+        if os.fork() == 0:
+            while time.time() < end:
+                try:
+                    os.fork()
+                except OSError:
+                    time.sleep(0.01)
+            os._exit(0)
+    except OSError:
+        refused += 1
+        time.sleep(0.01)
+    peak = max(peak, cgroup_pids())
+try:
+    while True:
+        os.wait()
+except ChildProcessError:
+    pass
+print("refused", refused > 0, "peak", peak)
+"#;
+    let chunks = run_with(
+        &s,
+        bomb,
+        ExecOptions {
+            timeout: Some(Duration::from_secs(30)),
+            ..ExecOptions::default()
+        },
+    )
+    .await;
+    let out = stdout(&chunks);
+    let mut words = out.split_whitespace();
+    assert_eq!(words.next(), Some("refused"), "{chunks:#?}");
+    assert_eq!(words.next(), Some("True"), "the limit refused forks: {out}");
+    let peak: i64 = words.nth(1).and_then(|n| n.parse().ok()).unwrap_or(-1);
+    assert!(
+        (1..=48).contains(&peak),
+        "at most 48 processes at once: {out}"
+    );
+    // The session recovers: its state is there and it runs code.
+    assert_eq!(stdout(&run(&s, "print(state, 6 * 7)").await), "kept 42\n");
     kernel.close_session(s.id()).await.unwrap();
 }
 

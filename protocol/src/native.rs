@@ -128,6 +128,25 @@ pub enum RequestBody {
     /// A Jupyter connection file for this session, so Jupyter clients can attach to it.
     /// Answered by an `attach` reply.
     Attach { session: String },
+    /// Write a file into the session's work directory (see [`UploadFile`]). Answered by a
+    /// `file` reply without `data`.
+    UploadFile(UploadFile),
+    /// Read a file of the session's work directory. Answered by a `file` reply with `data`;
+    /// `too_large` (before anything is read) when the file is larger than the host sends.
+    DownloadFile {
+        /// Session id or name.
+        session: String,
+        /// Relative to the session's work directory (see [`UploadFile::path`]).
+        path: String,
+    },
+    /// List a directory of the session's work directory. Answered by a `files` reply.
+    ListFiles {
+        /// Session id or name.
+        session: String,
+        /// Relative to the session's work directory; the work directory itself when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+    },
     /// Stop the host: every session is closed. Answered by `ok` first.
     Shutdown,
     /// Send a message to a conversation with the language model, which runs code in the
@@ -249,6 +268,57 @@ pub struct CreateSession {
     pub sandbox: Option<crate::SandboxRequest>,
 }
 
+/// A file to write into a session's work directory: its working directory for a session on
+/// the host, `/work` for a sandboxed one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UploadFile {
+    /// Session id or name.
+    pub session: String,
+    /// `/`-separated and relative to the work directory; its parent directory must exist.
+    /// Absolute paths, `..` and any symlink on the way (or as the file itself) are refused
+    /// (`forbidden`).
+    pub path: String,
+    /// The file's bytes, base64 (standard alphabet, padded). The request as a whole is bounded
+    /// by the host's `max_message`.
+    pub data: String,
+    /// What to do when the file exists; `overwrite` by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<UploadMode>,
+}
+
+/// How an upload treats an existing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadMode {
+    /// Fail with `file_exists` when the file exists.
+    Create,
+    /// Replace its contents.
+    Overwrite,
+}
+
+/// What a directory entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    File,
+    Dir,
+    /// Shown, never followed.
+    Symlink,
+    /// A FIFO, socket or device.
+    Other,
+}
+
+/// One entry of a `files` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FileEntry {
+    pub name: String,
+    pub kind: FileKind,
+    /// Bytes (for a symlink, the length of its target).
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+}
+
 /// Code to run, and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Execute {
@@ -331,6 +401,28 @@ pub enum ReplyBody {
     },
     /// Done (interrupt, close, input_reply, stdin, shutdown).
     Ok,
+    /// A file of a session's work directory (upload_file, download_file).
+    File {
+        /// The path, relative to the work directory, as normalized by the host.
+        path: String,
+        /// Bytes.
+        size: u64,
+        /// The contents, base64 (download_file only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
+    },
+    /// A directory of a session's work directory (list_files).
+    Files {
+        /// The directory, relative to the work directory (`.` for itself).
+        path: String,
+        /// Where the work directory is, as the session's code sees it (`/work` in a sandbox).
+        root: String,
+        /// Sorted by name.
+        entries: Vec<FileEntry>,
+        /// Entries left out (a listing holds at most 10000).
+        #[serde(default)]
+        truncated: u64,
+    },
     Complete(CompleteReply),
     Inspect(InspectReply),
     IsComplete(IsCompleteReply),
@@ -399,7 +491,7 @@ pub enum ErrorCode {
     BadFrames,
     /// The signature is missing or does not match.
     BadSignature,
-    /// Larger than the host's `max_message`.
+    /// Larger than the host's `max_message`; for a download, a file whose reply would be.
     TooLarge,
     /// Not valid JSON.
     BadJson,
@@ -429,6 +521,13 @@ pub enum ErrorCode {
     Busy,
     /// No conversation with that id (no chat was ever sent to it).
     UnknownConversation,
+    /// A file request whose path would leave the session's work directory: an absolute path,
+    /// `..`, or a symlink on the way (symlinks are never followed, wherever they point).
+    Forbidden,
+    /// A file request for a file or directory that does not exist.
+    NotFound,
+    /// An upload in `create` mode, but the file exists.
+    FileExists,
 }
 
 /// An event published on the PUB socket, under the session id as topic.
@@ -471,6 +570,11 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
         ("event.json", one::<Event>()),
         ("chunk.json", one::<Chunk>()),
         ("connection.json", one::<ConnectionInfo>()),
+        ("item.json", one::<crate::conversation::Item>()),
+        (
+            "conversation.json",
+            one::<crate::conversation::SavedConversation>(),
+        ),
     ]
 }
 

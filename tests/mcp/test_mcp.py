@@ -30,7 +30,7 @@ from native_helpers import Server, Watcher, is_finished, stdout, wait_gone  # no
 pytestmark = pytest.mark.timeout(120)
 
 TOOLS = {"execute", "read_output", "wait", "list_sessions", "create_session", "close_session",
-         "restart_session", "interrupt", "send_input"}
+         "restart_session", "interrupt", "send_input", "upload_file", "download_file", "list_files"}
 
 
 @asynccontextmanager

@@ -38,6 +38,10 @@ pub struct InstallArgs {
     /// Install only these languages (comma-separated; default: python,bash,node).
     #[arg(long, value_delimiter = ',', value_name = "LANGS")]
     pub languages: Vec<String>,
+    /// With `--sandbox docker`: install the sandboxed variants, NAME-LANG-sandbox, whose
+    /// kernels run in Docker containers with these limits.
+    #[command(flatten)]
+    pub sandbox: crate::sandbox::SandboxArgs,
 }
 
 /// One language as Jupyter sees it.
@@ -81,15 +85,28 @@ pub fn install(args: &InstallArgs, interp: &InterpreterArgs) -> anyhow::Result<(
                 .ok_or_else(|| anyhow::anyhow!("unknown language {l:?}"))
         })
         .collect::<anyhow::Result<_>>()?;
+    let sandboxed = args.sandbox.sandbox != crate::sandbox::SandboxKind::None;
+    if sandboxed {
+        // Bad limits are refused now, not at every kernel start.
+        args.sandbox.docker_config()?;
+    }
     for f in FLAVOURS.iter() {
         if !wanted.is_empty() && !wanted.iter().any(|w| w == f.spindle) {
             continue;
         }
-        let name = format!("{}-{}", args.name, f.spindle);
+        let name = if sandboxed {
+            format!("{}-{}-sandbox", args.name, f.spindle)
+        } else {
+            format!("{}-{}", args.name, f.spindle)
+        };
         let dir = base.join(&name);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let spec = kernelspec(&exe, f, interp);
+        let spec = if sandboxed {
+            sandboxed_kernelspec(&exe, f, &args.sandbox)
+        } else {
+            kernelspec(&exe, f, interp)
+        };
         let text = serde_json::to_string_pretty(&spec)?;
         std::fs::write(dir.join("kernel.json"), text + "\n")
             .with_context(|| format!("cannot write {}", dir.join("kernel.json").display()))?;
@@ -135,6 +152,36 @@ pub fn kernelspec(exe: &Path, f: &Flavour, interp: &InterpreterArgs) -> JupyterK
     JupyterKernelspec {
         argv,
         display_name: f.display.to_string(),
+        language: f.language.to_string(),
+        metadata: Some(metadata),
+        interrupt_mode: Some("signal".to_string()),
+        env: Some(HashMap::new()),
+    }
+}
+
+/// The kernelspec of a sandboxed flavour: `spindle kernel … --sandbox docker` with the limits
+/// chosen at install time. No host interpreter is pinned (the image's runs).
+pub fn sandboxed_kernelspec(
+    exe: &Path,
+    f: &Flavour,
+    sandbox: &crate::sandbox::SandboxArgs,
+) -> JupyterKernelspec {
+    let mut argv = vec![exe.display().to_string()];
+    argv.extend(["kernel", "-f", "{connection_file}", "--language", f.spindle].map(String::from));
+    argv.extend(sandbox.to_argv());
+    let metadata: HashMap<String, serde_json::Value> = [
+        ("debugger".to_string(), json!(false)),
+        (
+            "spindle".to_string(),
+            json!({"language": f.spindle, "version": env!("CARGO_PKG_VERSION"),
+                   "sandbox": "docker", "image": sandbox.image}),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    JupyterKernelspec {
+        argv,
+        display_name: format!("{} [Docker sandbox]", f.display),
         language: f.language.to_string(),
         metadata: Some(metadata),
         interrupt_mode: Some("signal".to_string()),
@@ -229,6 +276,37 @@ mod tests {
         let node = kernelspec(Path::new("/s"), &FLAVOURS[2], &interp);
         assert_eq!(node.language, "javascript");
         assert!(!node.argv.contains(&"--python".to_string()));
+    }
+
+    #[test]
+    fn sandboxed_spec_passes_the_sandbox_flags_to_the_kernel() {
+        let sandbox = crate::sandbox::SandboxArgs {
+            sandbox: crate::sandbox::SandboxKind::Docker,
+            memory: "300m".into(),
+            pids: 50,
+            ..Default::default()
+        };
+        let spec = sandboxed_kernelspec(Path::new("/s"), &FLAVOURS[1], &sandbox);
+        let argv = spec.argv.join(" ");
+        assert_eq!(
+            argv,
+            "/s kernel -f {connection_file} --language bash --sandbox docker --image \
+             spindle-sandbox:latest --memory 300m --cpus 1 --pids 50 --network none \
+             --workdir-size 512m"
+        );
+        assert!(
+            spec.display_name.contains("sandbox"),
+            "{}",
+            spec.display_name
+        );
+        // The argv is one the command line accepts.
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(&spec.argv).unwrap();
+        let Some(crate::cli::Command::Kernel(k)) = cli.command else {
+            panic!("not the kernel command")
+        };
+        assert_eq!(k.sandbox.sandbox, crate::sandbox::SandboxKind::Docker);
+        assert_eq!(k.sandbox.pids, 50);
     }
 
     #[test]

@@ -45,11 +45,15 @@ pub struct KernelArgs {
     /// python, bash or node.
     #[arg(long, short = 'l', value_name = "L", default_value = "python")]
     pub language: String,
+    /// Where the kernel's session runs (the sandboxed kernelspecs pass these).
+    #[command(flatten)]
+    pub sandbox: crate::sandbox::SandboxArgs,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum KernelCommand {
-    /// Install the kernelspecs (spindle-python, spindle-bash, spindle-node).
+    /// Install the kernelspecs (spindle-python, spindle-bash, spindle-node; with --sandbox
+    /// docker the sandboxed spindle-python-sandbox, spindle-bash-sandbox, spindle-node-sandbox).
     Install(kernelspec::InstallArgs),
 }
 
@@ -78,8 +82,10 @@ pub fn main(args: KernelArgs, interp: &InterpreterArgs) -> anyhow::Result<ExitCo
         &args.language
     };
     let language = spindle_languages::language(name, &interp.interpreters())?;
+    // Fail closed: a sandbox that cannot be had ends the kernel before it binds a socket.
+    let launcher = args.sandbox.launcher()?;
     let rt = crate::common::runtime()?;
-    let result = rt.block_on(run_kernel(info, file, language));
+    let result = rt.block_on(run_kernel(info, file, language, launcher));
     // Reader threads of a killed session may linger for a moment; do not wait on them.
     rt.shutdown_timeout(Duration::from_millis(300));
     result
@@ -89,6 +95,7 @@ async fn run_kernel(
     info: ConnectionInfo,
     file: PathBuf,
     language: Arc<dyn spindle_kernel::Language>,
+    launcher: Arc<dyn spindle_kernel::Launcher>,
 ) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{signal, SignalKind};
     // Handlers first: from here on SIGINT interrupts the session instead of killing us.
@@ -96,7 +103,10 @@ async fn run_kernel(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
 
-    let kernel = Arc::new(Kernel::new(KernelConfig::default()));
+    let kernel = Arc::new(Kernel::new(KernelConfig {
+        launcher,
+        ..KernelConfig::default()
+    }));
     let spec = SessionSpec::new(language.clone());
     let (slot_tx, _) = watch::channel(None);
     // The interpreter starts while the sockets are bound.

@@ -31,7 +31,8 @@ use crate::common::InterpreterArgs;
 ///
 /// The client starts `spindle mcp` and speaks JSON-RPC on its stdin and stdout; logs go to
 /// stderr (`SPINDLE_LOG=debug` for more). Tools: execute, read_output, wait, list_sessions,
-/// create_session, close_session, restart_session, interrupt, send_input. Each session is also a
+/// create_session, close_session, restart_session, interrupt, send_input, and upload_file,
+/// download_file, list_files (confined to a session's work directory). Each session is also a
 /// resource, spindle://sessions/{id}, with its recent output.
 ///
 /// Sessions run in an embedded kernel (the default: one `mcp-<language>` session per language,
@@ -54,21 +55,36 @@ pub struct McpArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 16384,
           value_parser = clap::value_parser!(u64).range(256..=(64 << 20)))]
     pub output_budget: u64,
+    /// Where sessions run: `--sandbox docker` puts every session this server creates in a
+    /// container (embedded kernel only; with --connect the server's own --sandbox decides).
+    #[command(flatten)]
+    pub sandbox: crate::sandbox::SandboxArgs,
 }
 
 pub fn main(args: McpArgs, interpreters: &InterpreterArgs) -> anyhow::Result<ExitCode> {
     crate::common::init_logging("warn,rmcp=error");
+    // A sandbox that was asked for and cannot be had is an error before any MCP traffic.
+    let launcher = args
+        .sandbox
+        .launcher_unless_connected(args.connect.as_deref())?;
     let rt = crate::common::runtime()?;
-    let code = rt.block_on(serve(args, interpreters))?;
+    let code = rt.block_on(serve(args, interpreters, launcher))?;
     // Nothing may linger: a blocked stdin read must not hold the exit.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(code)
 }
 
-async fn serve(args: McpArgs, interpreters: &InterpreterArgs) -> anyhow::Result<ExitCode> {
+async fn serve(
+    args: McpArgs,
+    interpreters: &InterpreterArgs,
+    launcher: Option<std::sync::Arc<dyn spindle_kernel::Launcher>>,
+) -> anyhow::Result<ExitCode> {
     let sessions = match &args.connect {
         Some(path) => sessions::Sessions::connect(path).await?,
-        None => sessions::Sessions::embedded(interpreters.interpreters()),
+        None => sessions::Sessions::embedded(
+            interpreters.interpreters(),
+            launcher.unwrap_or_else(|| std::sync::Arc::new(spindle_kernel::LocalPtyLauncher)),
+        ),
     };
     tracing::info!("spindle mcp: sessions in {}", sessions.describe());
     let policy = Policy {

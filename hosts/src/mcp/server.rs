@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
@@ -17,6 +18,7 @@ use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use spindle_llm::policy::{strip_ansi, Policy};
+use spindle_protocol::native::{FileKind, ReplyBody, RequestBody, UploadFile};
 use spindle_protocol::{Body, Chunk, ConsoleFormat, Outcome, SessionInfo, StatusFormat};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -209,6 +211,21 @@ fn check_code(code: &str) -> Result<(), ErrorData> {
     Ok(())
 }
 
+/// The MIME type of a binary file, from its first bytes.
+fn sniff_mime(b: &[u8]) -> &'static str {
+    if b.starts_with(b"\x89PNG\r\n\x1a\n") {
+        "image/png"
+    } else if b.starts_with(b"\xff\xd8\xff") {
+        "image/jpeg"
+    } else if b.starts_with(b"GIF8") {
+        "image/gif"
+    } else if b.starts_with(b"%PDF-") {
+        "application/pdf"
+    } else {
+        "application/octet-stream"
+    }
+}
+
 fn session_json(s: &SessionInfo) -> Value {
     serde_json::to_value(s).unwrap_or(Value::Null)
 }
@@ -355,6 +372,9 @@ impl Server {
             "restart_session" => self.restart_session(parse(name, args)?).await,
             "interrupt" => self.interrupt(parse(name, args)?).await,
             "send_input" => self.send_input(parse(name, args)?).await,
+            "upload_file" => self.upload_file(parse(name, args)?).await,
+            "download_file" => self.download_file(parse(name, args)?).await,
+            "list_files" => self.list_files(parse(name, args)?).await,
             other => Err(invalid(format!(
                 "unknown tool {other:?}; the tools are: {}",
                 self.inner
@@ -732,6 +752,123 @@ impl Server {
             ),
         };
         Ok(text_result(msg, None))
+    }
+
+    async fn upload_file(&self, a: UploadFileArgs) -> Result<CallToolResult, ErrorData> {
+        // Base64 of MAX_FILE bytes, padded.
+        let most = MAX_FILE.div_ceil(3) * 4;
+        if a.data_base64.len() as u64 > most {
+            return Err(invalid(format!(
+                "data_base64 is {} characters; at most {most} ({MAX_FILE} bytes decoded)",
+                a.data_base64.len()
+            )));
+        }
+        let info = self.existing(&a.session).await?;
+        let body = RequestBody::UploadFile(UploadFile {
+            session: info.id.clone(),
+            path: a.path,
+            data: a.data_base64,
+            mode: a.mode,
+        });
+        let ReplyBody::File { path, size, .. } = self.inner.sessions.files(body).await? else {
+            return Err(ErrorData::internal_error(
+                "unexpected reply to upload_file",
+                None,
+            ));
+        };
+        Ok(text_result(
+            format!("wrote {size} bytes to {path} in session {}", info.name),
+            Some(json!({"path": path, "size": size})),
+        ))
+    }
+
+    async fn download_file(&self, a: DownloadFileArgs) -> Result<CallToolResult, ErrorData> {
+        let info = self.existing(&a.session).await?;
+        let body = RequestBody::DownloadFile {
+            session: info.id.clone(),
+            path: a.path,
+        };
+        let ReplyBody::File {
+            path,
+            size,
+            data: Some(data),
+        } = self.inner.sessions.files(body).await?
+        else {
+            return Err(ErrorData::internal_error(
+                "unexpected reply to download_file",
+                None,
+            ));
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data.as_bytes())
+            .map_err(|e| {
+                ErrorData::internal_error(format!("bad base64 from the host: {e}"), None)
+            })?;
+        let uri = format!("spindle://sessions/{}/files/{path}", info.id);
+        match String::from_utf8(bytes) {
+            Ok(text) => Ok(text_result(
+                text,
+                Some(json!({"path": path, "size": size, "encoding": "utf-8", "uri": uri})),
+            )),
+            Err(e) => {
+                let mime = sniff_mime(e.as_bytes());
+                let resource = ResourceContents::blob(data, uri.clone()).with_mime_type(mime);
+                let mut r = CallToolResult::success(vec![
+                    ContentBlock::resource(resource),
+                    ContentBlock::text(format!(
+                        "{path}: {size} bytes, not UTF-8 text ({mime}); its bytes are the embedded \
+resource's blob (base64)"
+                    )),
+                ]);
+                r.structured_content = Some(json!({
+                    "path": path, "size": size, "encoding": "base64", "mime_type": mime, "uri": uri
+                }));
+                Ok(r)
+            }
+        }
+    }
+
+    async fn list_files(&self, a: ListFilesArgs) -> Result<CallToolResult, ErrorData> {
+        let info = self.existing(&a.session).await?;
+        let body = RequestBody::ListFiles {
+            session: info.id.clone(),
+            path: a.path,
+        };
+        let ReplyBody::Files {
+            path,
+            root,
+            entries,
+            truncated,
+        } = self.inner.sessions.files(body).await?
+        else {
+            return Err(ErrorData::internal_error(
+                "unexpected reply to list_files",
+                None,
+            ));
+        };
+        let mut text = format!("{path} in {root} (session {}):\n", info.name);
+        if entries.is_empty() {
+            text.push_str("(empty)\n");
+        }
+        for e in &entries {
+            let kind = match e.kind {
+                FileKind::File => "file",
+                FileKind::Dir => "dir",
+                FileKind::Symlink => "symlink",
+                FileKind::Other => "other",
+            };
+            text.push_str(&format!(
+                "{kind:<7} {:>12}  {}  {}\n",
+                e.size, e.mtime, e.name
+            ));
+        }
+        if truncated > 0 {
+            text.push_str(&format!("… and {truncated} more entries\n"));
+        }
+        Ok(text_result(
+            text.trim_end().to_string(),
+            Some(json!({"path": path, "root": root, "entries": entries, "truncated": truncated})),
+        ))
     }
 
     fn resource_text(&self, info: &SessionInfo) -> String {

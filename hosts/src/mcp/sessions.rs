@@ -11,11 +11,11 @@ use serde_json::json;
 use spindle_kernel::{ExecOptions, Kernel, KernelConfig, KernelError, Session, SessionSpec};
 use spindle_languages::Interpreters;
 use spindle_protocol::native::{ErrorCode, Execute, ReplyBody, RequestBody};
-use spindle_protocol::{Body, Chunk, SessionInfo};
+use spindle_protocol::{Chunk, SessionInfo};
 use tokio::sync::broadcast;
 
 use crate::repl::backend::{BackendError, ChunkStream};
-use crate::repl::remote::{remote_error, Conn, QUICK, SLOW};
+use crate::repl::remote::{execution_stream, remote_error, Conn, QUICK, SLOW};
 
 /// Why a session operation failed: the caller's mistake (a JSON-RPC "invalid params"), or
 /// Spindle's (an internal error).
@@ -86,9 +86,15 @@ pub(crate) struct Remote {
 }
 
 impl Sessions {
-    pub(crate) fn embedded(interpreters: Interpreters) -> Self {
+    pub(crate) fn embedded(
+        interpreters: Interpreters,
+        launcher: Arc<dyn spindle_kernel::Launcher>,
+    ) -> Self {
         Sessions::Embedded(Embedded {
-            kernel: Kernel::new(KernelConfig::default()),
+            kernel: Kernel::new(KernelConfig {
+                launcher,
+                ..KernelConfig::default()
+            }),
             interpreters,
         })
     }
@@ -242,7 +248,7 @@ impl Sessions {
                 }))
                 .map_err(|e| Failure::Internal(e.to_string()))?;
                 let (rid, rx) = r.conn.send(RequestBody::Execute(req)).await?;
-                Ok(remote_stream(r.conn.clone(), rid, rx))
+                Ok(execution_stream(r.conn.clone(), rid, rx))
             }
         }
     }
@@ -339,6 +345,36 @@ impl Sessions {
         }
     }
 
+    /// A files request (`upload_file`, `download_file`, `list_files`), answered as the native
+    /// API does: in the embedded kernel by the same code as `spindle serve`'s, else by the host.
+    pub(crate) async fn files(&self, body: RequestBody) -> Result<ReplyBody, Failure> {
+        let r = match self {
+            Sessions::Embedded(e) => {
+                use crate::native::files;
+                let key = match &body {
+                    RequestBody::UploadFile(u) => u.session.clone(),
+                    RequestBody::DownloadFile { session, .. }
+                    | RequestBody::ListFiles { session, .. } => session.clone(),
+                    _ => return Err(Failure::Internal("not a files request".into())),
+                };
+                let s = e.kernel.get(&key)?;
+                match body {
+                    RequestBody::UploadFile(u) => files::upload(&s, u.path, &u.data, u.mode).await,
+                    RequestBody::DownloadFile { path, .. } => {
+                        files::download(&s, path, super::tools::MAX_FILE).await
+                    }
+                    RequestBody::ListFiles { path, .. } => files::list(&s, path).await,
+                    _ => return Err(Failure::Internal("not a files request".into())),
+                }
+            }
+            Sessions::Remote(r) => r.call_raw_within(body, SLOW).await?,
+        };
+        r.map_err(|(code, reason)| match code {
+            ErrorCode::Failed | ErrorCode::ShuttingDown => Failure::Internal(reason),
+            _ => Failure::Invalid(reason),
+        })
+    }
+
     /// End every session this server started.
     pub(crate) async fn shutdown(&self) {
         match self {
@@ -362,8 +398,17 @@ impl Remote {
         &self,
         body: RequestBody,
     ) -> Result<Result<ReplyBody, (ErrorCode, String)>, Failure> {
+        self.call_raw_within(body, QUICK).await
+    }
+
+    /// One request, answered within `patience`; a server error comes back with its code.
+    async fn call_raw_within(
+        &self,
+        body: RequestBody,
+        patience: std::time::Duration,
+    ) -> Result<Result<ReplyBody, (ErrorCode, String)>, Failure> {
         let (id, mut rx) = self.conn.send(body).await?;
-        let r = tokio::time::timeout(QUICK, rx.recv()).await;
+        let r = tokio::time::timeout(patience, rx.recv()).await;
         self.conn.pending.lock().expect("pending").remove(&id);
         match r {
             Ok(Some(ReplyBody::Error { code, reason })) => Ok(Err((code, reason))),
@@ -373,61 +418,8 @@ impl Remote {
             )),
             Err(_) => Err(Failure::Internal(format!(
                 "spindle serve did not answer within {} s",
-                QUICK.as_secs()
+                patience.as_secs()
             ))),
         }
     }
-}
-
-fn notice(id: &str, text: String) -> Chunk {
-    Chunk::new(
-        "",
-        id,
-        0,
-        Body::Notice {
-            content: Some(text),
-        },
-    )
-}
-
-/// The replies to an execute request as a chunk stream, through its finished chunk.
-fn remote_stream(
-    conn: Arc<Conn>,
-    id: String,
-    rx: tokio::sync::mpsc::UnboundedReceiver<ReplyBody>,
-) -> ChunkStream {
-    let pending = conn.pending.clone();
-    let stream = futures::stream::unfold(
-        (rx, false, id, pending),
-        |(mut rx, done, id, pending)| async move {
-            if done {
-                pending.lock().expect("pending").remove(&id);
-                return None;
-            }
-            let item = match rx.recv().await {
-                Some(ReplyBody::Chunk { chunk }) => {
-                    let fin = chunk.is_finished();
-                    return Some((Ok(chunk), (rx, fin, id, pending)));
-                }
-                Some(ReplyBody::Missed { count, .. }) => Ok(notice(
-                    &id,
-                    format!("{count} chunks of this execution were dropped on the way (read too slowly)"),
-                )),
-                Some(ReplyBody::Error { code, reason }) => {
-                    return Some((Err(remote_error(code, reason)), (rx, true, id, pending)))
-                }
-                Some(_) => Ok(notice(&id, "unexpected reply".into())),
-                None => {
-                    return Some((
-                        Err(BackendError::Disconnected(
-                            "the connection to spindle serve closed while code was running".into(),
-                        )),
-                        (rx, true, id, pending),
-                    ))
-                }
-            };
-            Some((item, (rx, false, id, pending)))
-        },
-    );
-    Box::pin(stream.fuse())
 }

@@ -18,6 +18,9 @@ pub(crate) const DEFAULT_PAGE: usize = 64 << 10;
 pub(crate) const MAX_PAGE: usize = 4 << 20;
 /// The largest `send_input` text, in bytes.
 pub(crate) const MAX_INPUT: usize = 1 << 20;
+/// The largest file `upload_file` and `download_file` move, in bytes (a `--connect`ed host may
+/// allow less: its `max_message`).
+pub(crate) const MAX_FILE: u64 = 32 << 20;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +107,43 @@ pub(crate) struct SendInputArgs {
     pub text: String,
 }
 
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UploadFileArgs {
+    /// A session id or name (see `list_sessions`).
+    pub session: String,
+    /// Where to write, relative to the session's work directory (its working directory; `/work`
+    /// in a sandbox), `/`-separated. The parent directory must exist. Absolute paths, `..` and
+    /// symlinks are refused.
+    pub path: String,
+    /// The file's bytes, base64 (standard alphabet, padded; at most 32 MiB decoded).
+    pub data_base64: String,
+    /// `overwrite` (the default) replaces an existing file; `create` refuses to.
+    #[serde(default)]
+    pub mode: Option<spindle_protocol::native::UploadMode>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DownloadFileArgs {
+    /// A session id or name (see `list_sessions`).
+    pub session: String,
+    /// The file, relative to the session's work directory. Absolute paths, `..` and symlinks
+    /// are refused.
+    pub path: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListFilesArgs {
+    /// A session id or name (see `list_sessions`).
+    pub session: String,
+    /// A directory relative to the session's work directory (default: the work directory
+    /// itself).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
 fn tool<T: JsonSchema + 'static>(name: &'static str, description: &'static str) -> Tool {
     Tool::new(name, description, schema_for_type::<T>())
 }
@@ -171,5 +211,26 @@ foreground of its terminal). Works while an `execute` of the same session is wai
             "Answer a program that waits for input: the pending input request (Python input(), getpass()) \
 if there is one, else a line written to the program's terminal (for bash `read`, y/n prompts).",
         ),
+        tool::<UploadFileArgs>(
+            "upload_file",
+            "Write a file into a session's work directory (the session's working directory; `/work` inside \
+a sandbox), so code run there can read it. The content is base64 (data_base64), so any bytes work. \
+Paths are relative and confined to the work directory: absolute paths, `..` and symlinks (wherever \
+they point) are refused. Replaces an existing file unless mode is `create`.",
+        ),
+        tool::<DownloadFileArgs>(
+            "download_file",
+            "Read a file from a session's work directory (for example one that code wrote). A UTF-8 text \
+file comes back as text content, exactly; any other file as an embedded resource with the bytes in \
+base64 (blob). Paths are confined to the work directory as for upload_file; at most 32 MiB.",
+        )
+        .with_annotations(ro()),
+        tool::<ListFilesArgs>(
+            "list_files",
+            "List a directory of a session's work directory: each entry's name, kind (file, dir, symlink, \
+other), size in bytes and modification time (seconds since the epoch). Symlinks are shown, never \
+followed.",
+        )
+        .with_annotations(ro()),
     ]
 }

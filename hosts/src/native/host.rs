@@ -34,6 +34,7 @@ use zeromq::{RouterSendHalf, ZmqMessage};
 use crate::auth::Signer;
 use crate::native::chat::{self, Chats};
 use crate::native::events::{spawn_relay, Events};
+use crate::native::files;
 use crate::native::pool::Pool;
 use crate::native::wire::{self, Client, Sent, Wait};
 
@@ -44,7 +45,7 @@ pub(super) const FINAL_PATIENCE: Duration = Duration::from_secs(300);
 /// Longest session name accepted.
 const MAX_NAME_BYTES: usize = 256;
 
-pub(super) type Failure = (ErrorCode, String);
+pub(crate) type Failure = (ErrorCode, String);
 
 /// Settings of one host.
 #[derive(Debug, Clone)]
@@ -376,6 +377,23 @@ impl Host {
                 let e = me.resolve(&session)?;
                 me.attach(&e).await
             }),
+            RequestBody::UploadFile(u) => Self::answer_later(client, id, async move {
+                let e = me.resolve(&u.session)?;
+                files::upload(&e.session, u.path, &u.data, u.mode).await
+            }),
+            RequestBody::DownloadFile { session, path } => {
+                Self::answer_later(client, id, async move {
+                    let e = me.resolve(&session)?;
+                    let limit = files::max_file(me.config.max_message);
+                    files::download(&e.session, path, limit).await
+                })
+            }
+            RequestBody::ListFiles { session, path } => {
+                Self::answer_later(client, id, async move {
+                    let e = me.resolve(&session)?;
+                    files::list(&e.session, path).await
+                })
+            }
             RequestBody::Shutdown => {
                 tokio::spawn(async move {
                     let reply = Reply {

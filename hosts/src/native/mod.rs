@@ -11,10 +11,12 @@
 //! - [`chat`]: `chat` requests: the LLM loop on the host's sessions, its items to the requester
 //!   and to subscribers, confirmations answered by `chat_reply`.
 //! - [`events`]: relaying each session's chunks to the PUB socket.
+//! - [`files`]: `upload_file`, `download_file`, `list_files` in a session's work directory.
 //! - [`pool`]: the warm pool of pre-started sessions (`--warm N`).
 
 pub mod chat;
 pub mod events;
+pub mod files;
 pub mod host;
 pub mod pool;
 pub mod wire;

@@ -133,9 +133,16 @@ pub struct Embedded {
 }
 
 impl Embedded {
-    pub fn new(interpreters: Interpreters) -> Self {
+    /// An embedded kernel whose sessions `launcher` starts (on the host, or in a sandbox).
+    pub fn new(
+        interpreters: Interpreters,
+        launcher: std::sync::Arc<dyn spindle_kernel::Launcher>,
+    ) -> Self {
         Self {
-            kernel: Kernel::new(KernelConfig::default()),
+            kernel: Kernel::new(KernelConfig {
+                launcher,
+                ..KernelConfig::default()
+            }),
             interpreters,
             sessions: Mutex::new(HashMap::new()),
             creating: tokio::sync::Mutex::new(()),

@@ -75,6 +75,8 @@ pub struct ReplArgs {
     /// Neither read nor write the history file.
     #[arg(long)]
     pub no_history: bool,
+    #[command(flatten)]
+    pub sandbox: crate::sandbox::SandboxArgs,
 }
 
 pub fn main(args: ReplArgs, interp: &InterpreterArgs) -> anyhow::Result<ExitCode> {
@@ -93,10 +95,15 @@ pub fn main_with(
     let Some(lang) = magics::canonical_language(&lang_name) else {
         anyhow::bail!("unknown language {lang_name:?}; Spindle knows python, bash and node");
     };
+    // The sandbox first: one that was asked for and cannot be had stops the REPL here.
+    let launcher = args
+        .sandbox
+        .launcher_unless_connected(args.connect.as_deref())?;
     let rt = crate::common::runtime()?;
     let code = match &args.connect {
         None => {
-            let backend = Arc::new(Embedded::new(interp.interpreters()));
+            let launcher = launcher.unwrap_or_else(|| Arc::new(spindle_kernel::LocalPtyLauncher));
+            let backend = Arc::new(Embedded::new(interp.interpreters(), launcher));
             run(backend, &args, lang, rt.handle().clone(), chat)?
         }
         Some(path) => {

@@ -393,6 +393,49 @@ impl Remote {
     }
 }
 
+/// The replies to an execute request `id` as a chunk stream, through its finished chunk; a
+/// channel that closes before it means the connection went away.
+pub(crate) fn execution_stream(
+    conn: Arc<Conn>,
+    id: String,
+    rx: mpsc::UnboundedReceiver<ReplyBody>,
+) -> ChunkStream {
+    let pending = conn.pending.clone();
+    let stream = futures::stream::unfold(
+        (rx, false, id, pending),
+        |(mut rx, done, id, pending)| async move {
+            if done {
+                pending.lock().expect("pending").remove(&id);
+                return None;
+            }
+            let item = match rx.recv().await {
+                Some(ReplyBody::Chunk { chunk }) => {
+                    let fin = chunk.is_finished();
+                    return Some((Ok(chunk), (rx, fin, id, pending)));
+                }
+                Some(ReplyBody::Missed { count, .. }) => Ok(synthetic_notice(
+                    &id,
+                    format!("{count} chunks of this execution were dropped on the way (read too slowly)"),
+                )),
+                Some(ReplyBody::Error { code, reason }) => {
+                    return Some((Err(remote_error(code, reason)), (rx, true, id, pending)))
+                }
+                Some(_) => Ok(synthetic_notice(&id, "unexpected reply".into())),
+                None => {
+                    return Some((
+                        Err(BackendError::Disconnected(
+                            "the connection to spindle serve closed while code was running".into(),
+                        )),
+                        (rx, true, id, pending),
+                    ))
+                }
+            };
+            Some((item, (rx, false, id, pending)))
+        },
+    );
+    Box::pin(stream.fuse())
+}
+
 fn synthetic_notice(id: &str, text: String) -> Chunk {
     Chunk {
         session: String::new(),
@@ -442,42 +485,7 @@ impl Backend for Remote {
             user_expressions: opts.user_expressions,
         };
         let (id, rx) = conn.send(RequestBody::Execute(req)).await?;
-        let pending = conn.pending.clone();
-        // Replies until the finished chunk; a closed channel before it means the connection
-        // went away.
-        let stream = futures::stream::unfold(
-            (rx, false, id, pending),
-            |(mut rx, done, id, pending)| async move {
-                if done {
-                    pending.lock().expect("pending").remove(&id);
-                    return None;
-                }
-                let item = match rx.recv().await {
-                    Some(ReplyBody::Chunk { chunk }) => {
-                        let fin = chunk.is_finished();
-                        return Some((Ok(chunk), (rx, fin, id, pending)));
-                    }
-                    Some(ReplyBody::Missed { count, .. }) => Ok(synthetic_notice(
-                        &id,
-                        format!("{count} chunks of this execution were dropped on the way (the terminal read too slowly)"),
-                    )),
-                    Some(ReplyBody::Error { code, reason }) => {
-                        return Some((Err(remote_error(code, reason)), (rx, true, id, pending)))
-                    }
-                    Some(_) => Ok(synthetic_notice(&id, "unexpected reply".into())),
-                    None => {
-                        return Some((
-                            Err(BackendError::Disconnected(
-                                "the connection closed while code was running".into(),
-                            )),
-                            (rx, true, id, pending),
-                        ))
-                    }
-                };
-                Some((item, (rx, false, id, pending)))
-            },
-        );
-        Ok(Box::pin(stream.fuse()))
+        Ok(execution_stream(conn, id, rx))
     }
 
     async fn interrupt(&self, lang: &'static str) -> Result<(), BackendError> {

@@ -47,6 +47,8 @@ use super::{
 };
 use crate::error::KernelError;
 
+mod files;
+
 /// The image `--sandbox docker` uses unless told otherwise (`scripts/sandbox-image.sh` builds it).
 pub const DEFAULT_IMAGE: &str = "spindle-sandbox:latest";
 
@@ -66,11 +68,16 @@ const WORKDIR: &str = "/work";
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Run by `/bin/sh` in the container: terminal modes as the local launcher sets them, fd 2 to
-/// the stderr FIFO, and a clear error naming interpreter and image when the interpreter is not
+/// the stderr FIFO (status [`NO_RUN_DIR`] when the FIFOs are not there: the engine is on
+/// another machine, where the bind mount is an empty directory), and a clear error naming interpreter and image when the interpreter is not
 /// there.
-const WRAPPER: &str = "stty -echo -echoctl -onlcr 2>/dev/null; exec 2>\"$SPINDLE_ERR\"; \
+const WRAPPER: &str = "stty -echo -echoctl -onlcr 2>/dev/null; \
+[ -p \"$SPINDLE_ERR\" ] || exit 97; exec 2>\"$SPINDLE_ERR\"; \
 command -v \"$0\" >/dev/null 2>&1 || { echo \"spindle: the interpreter $0 is not in the sandbox \
 image $SPINDLE_IMAGE\" >&2; exit 127; }; exec \"$0\" \"$@\"";
+
+/// The wrapper's exit status when the run directory's FIFOs are not visible in the container.
+const NO_RUN_DIR: i64 = 97;
 
 /// Errors of the container launcher. Every one is final: there is no fallback to the host.
 #[derive(Debug, thiserror::Error)]
@@ -331,35 +338,63 @@ impl DockerLauncher {
     pub fn sweep(&self) -> usize {
         let docker = self.shared.docker.clone();
         let me = self.shared.instance.clone();
-        block(async move {
-            let filters = HashMap::from([("label".to_string(), vec![LABEL_HOST.to_string()])]);
-            let list = docker
-                .list_containers(Some(ListContainersOptions {
-                    all: true,
-                    filters: Some(filters),
-                    ..Default::default()
-                }))
-                .await;
-            let Ok(list) = list else { return 0 };
-            let mut removed = 0;
-            for c in list {
-                let (Some(id), Some(labels)) = (c.id, c.labels) else {
-                    continue;
-                };
-                let Some(owner) = labels.get(LABEL_HOST) else {
-                    continue;
-                };
-                if owner == &me || !host_is_gone(owner) {
-                    continue;
-                }
-                if remove(&docker, &id).await.is_ok() {
-                    tracing::debug!(container = %id, owner, "removed a dead host's container");
-                    removed += 1;
-                }
-            }
-            removed
-        })
+        block(sweep_containers(docker, me))
     }
+}
+
+/// Remove the containers of dead Spindle hosts of this machine from the engine `host` (or
+/// `DOCKER_HOST`, else the local socket) without needing an image: what a host that runs no
+/// sandbox of its own does at start, so a killed host's containers never outlive the next
+/// start. Returns how many were removed.
+pub fn sweep_dead_hosts(host: Option<String>) -> Result<usize, SandboxError> {
+    let engine = engine_address(&DockerConfig {
+        host,
+        ..DockerConfig::default()
+    });
+    let unreachable = |detail: String| SandboxError::EngineUnreachable {
+        host: engine.clone(),
+        detail,
+    };
+    let docker = Docker::connect_with_host(&engine).map_err(|e| unreachable(e.to_string()))?;
+    let me = instance_label();
+    block(async move {
+        let docker = match tokio::time::timeout(ENGINE_TIMEOUT, docker.negotiate_version()).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("no answer in 15 s".to_string()),
+        };
+        Ok(sweep_containers(docker, me).await)
+    })
+    .map_err(unreachable)
+}
+
+async fn sweep_containers(docker: Docker, me: String) -> usize {
+    let filters = HashMap::from([("label".to_string(), vec![LABEL_HOST.to_string()])]);
+    let list = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await;
+    let Ok(list) = list else { return 0 };
+    let mut removed = 0;
+    for c in list {
+        let (Some(id), Some(labels)) = (c.id, c.labels) else {
+            continue;
+        };
+        let Some(owner) = labels.get(LABEL_HOST) else {
+            continue;
+        };
+        if owner == &me || !host_is_gone(owner) {
+            continue;
+        }
+        if remove(&docker, &id).await.is_ok() {
+            tracing::debug!(container = %id, owner, "removed a dead host's container");
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// `hostname/boot id/pid/start time`: unique per host process, and enough to tell whether
@@ -601,9 +636,11 @@ impl Launcher for DockerLauncher {
         let wait_docker = sh.docker.clone();
         let wait_id = id.clone();
         let wait = Box::new(move || {
-            let code = block(async move {
+            let memory = wait_control.shared.cfg.memory;
+            let engine = wait_control.shared.engine.clone();
+            let (code, oom) = block(async move {
                 let mut s = wait_docker.wait_container(&wait_id, None);
-                match s.next().await {
+                let code = match s.next().await {
                     Some(Ok(r)) => Some(r.status_code),
                     Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Some(code),
                     Some(Err(e)) => {
@@ -611,8 +648,21 @@ impl Launcher for DockerLauncher {
                         None
                     }
                     None => None,
-                }
+                };
+                // The engine knows whether its out-of-memory killer struck (before the
+                // container is removed, which forgets it).
+                let oom = code == Some(128 + libc::SIGKILL as i64)
+                    && wait_docker
+                        .inspect_container(&wait_id, None)
+                        .await
+                        .ok()
+                        .and_then(|i| i.state?.oom_killed)
+                        .unwrap_or(false);
+                (code, oom)
             });
+            if oom {
+                tracing::warn!(limit = memory, "the sandbox ran out of memory");
+            }
             wait_control.ended.store(true, Ordering::SeqCst);
             wait_control.kill_all();
             drop(keep_evt);
@@ -622,14 +672,27 @@ impl Launcher for DockerLauncher {
                 Some(c) if (129..160).contains(&c) => ExitInfo {
                     code: None,
                     signal: Some(signal_name((c - 128) as i32)),
+                    out_of_memory: oom.then_some(memory),
+                    detail: None,
+                },
+                Some(NO_RUN_DIR) => ExitInfo {
+                    code: Some(NO_RUN_DIR as i32),
+                    detail: Some(format!(
+                        "exited at once: its run directory (with the stream FIFOs) is not visible \
+                         in the container, so the Docker engine at {engine} is not on this machine; \
+                         the sandbox needs an engine on the host's own machine (see \
+                         ARCHITECTURE.md, Sandboxes)"
+                    )),
+                    ..ExitInfo::default()
                 },
                 Some(c) => ExitInfo {
                     code: Some(c as i32),
-                    signal: None,
+                    ..ExitInfo::default()
                 },
                 None => ExitInfo {
                     code: None,
                     signal: Some("unknown (the container is gone)".into()),
+                    ..ExitInfo::default()
                 },
             }
         });
@@ -857,6 +920,15 @@ impl ProcessControl for DockerControl {
             }
         });
         Ok(())
+    }
+
+    /// `/work` inside the container, through execs (see [`files`]).
+    fn work_dir(&self) -> Option<Arc<dyn crate::files::WorkDir>> {
+        Some(Arc::new(files::ContainerWorkDir {
+            docker: self.shared.docker.clone(),
+            container: self.id.clone(),
+            user: format!("{}:{}", self.shared.user.0, self.shared.user.1),
+        }))
     }
 
     fn kill_all(&self) {

@@ -138,10 +138,14 @@ impl Launcher for LocalPtyLauncher {
                         Some(s.exit_code() as i32)
                     },
                     signal: s.signal().map(str::to_string),
+                    out_of_memory: None,
+                    detail: None,
                 },
                 Err(e) => ExitInfo {
                     code: None,
                     signal: Some(format!("unknown ({e})")),
+                    out_of_memory: None,
+                    detail: None,
                 },
             }
         });

@@ -45,15 +45,39 @@ pub struct LaunchRequest {
 }
 
 /// How a process ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExitInfo {
     pub code: Option<i32>,
     /// Signal description, when it was killed by one.
     pub signal: Option<String>,
+    /// The memory limit (bytes) when the sandbox's out-of-memory killer ended it.
+    pub out_of_memory: Option<u64>,
+    /// What the launcher knows about why, said instead of the status (a sandbox that cannot
+    /// see its run directory, say).
+    pub detail: Option<String>,
+}
+
+impl ExitInfo {
+    /// What an execution ended by this exit is told, when it is more than "the process died":
+    /// `killed: out of memory (limit N MB)`.
+    pub fn reason(&self) -> Option<String> {
+        self.out_of_memory.map(|limit| {
+            format!(
+                "killed: out of memory (limit {} MB)",
+                limit.div_ceil(1 << 20)
+            )
+        })
+    }
 }
 
 impl std::fmt::Display for ExitInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(reason) = self.reason() {
+            return write!(f, "was {reason}");
+        }
+        if let Some(detail) = &self.detail {
+            return write!(f, "{detail}");
+        }
         match (&self.signal, self.code) {
             (Some(sig), _) => write!(f, "was killed by a signal ({sig})"),
             (None, Some(code)) => write!(f, "exited with status {code}"),
@@ -70,6 +94,11 @@ pub trait ProcessControl: Send + Sync + std::fmt::Debug {
     fn interrupt(&self) -> io::Result<()>;
     /// Kill the process and everything in its session.
     fn kill_all(&self);
+    /// The work directory, when the process has its own (a sandbox's); `None` means the
+    /// session's working directory on the host.
+    fn work_dir(&self) -> Option<Arc<dyn crate::files::WorkDir>> {
+        None
+    }
 }
 
 /// A started process and its streams.
