@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use spindle_kernel::launcher::docker::{parse_size, DEFAULT_IMAGE};
+use spindle_kernel::launcher::HostMount;
 use spindle_kernel::{DockerConfig, DockerLauncher, Launcher, LocalPtyLauncher};
 
 /// Where sessions run.
@@ -41,6 +42,12 @@ pub struct SandboxArgs {
     /// Size of the sandbox's writable /work (tmpfs).
     #[arg(long, value_name = "SIZE", default_value = "512m")]
     pub workdir_size: String,
+    /// A host directory to mount as the sandbox's work directory (/work), read-only.
+    #[arg(long, value_name = "DIR")]
+    pub mount: Option<std::path::PathBuf>,
+    /// Mount that directory read-write (it must be writable by the sandbox's user).
+    #[arg(long, requires = "mount")]
+    pub mount_rw: bool,
 }
 
 impl Default for SandboxArgs {
@@ -53,6 +60,8 @@ impl Default for SandboxArgs {
             pids: 256,
             network: "none".into(),
             workdir_size: "512m".into(),
+            mount: None,
+            mount_rw: false,
         }
     }
 }
@@ -67,6 +76,10 @@ impl SandboxArgs {
             pids: self.pids,
             network: self.network.clone(),
             workdir_size: parse_size(&self.workdir_size).context("--workdir-size")?,
+            mount: match &self.mount {
+                Some(dir) => Some(HostMount::new(dir, self.mount_rw).map_err(anyhow::Error::msg)?),
+                None => None,
+            },
             ..DockerConfig::default()
         })
     }
@@ -105,8 +118,8 @@ impl SandboxArgs {
     /// These settings as command-line flags (for kernelspecs, whose argv starts `spindle
     /// kernel`); empty when there is no sandbox.
     pub fn to_argv(&self) -> Vec<String> {
-        match self.sandbox {
-            SandboxKind::None => Vec::new(),
+        let mut argv = match self.sandbox {
+            SandboxKind::None => return Vec::new(),
             SandboxKind::Docker => vec![
                 "--sandbox".into(),
                 "docker".into(),
@@ -123,7 +136,16 @@ impl SandboxArgs {
                 "--workdir-size".into(),
                 self.workdir_size.clone(),
             ],
+        };
+        if let Some(dir) = &self.mount {
+            // Absolute, so the kernelspec works from any directory.
+            let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+            argv.extend(["--mount".into(), dir.display().to_string()]);
+            if self.mount_rw {
+                argv.push("--mount-rw".into());
+            }
         }
+        argv
     }
 }
 

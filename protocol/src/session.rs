@@ -75,6 +75,12 @@ pub struct SandboxLimits {
     pub tmp_size: u64,
     /// The user the process runs as (`uid:gid`).
     pub user: String,
+    /// A host directory mounted as the work directory (instead of the tmpfs), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// Whether that directory is writable (it is read-only unless asked).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mount_writable: bool,
 }
 
 /// The sandbox a new session asks for (`create_session`); unset fields take the host's settings,

@@ -345,3 +345,41 @@ def test_mcp_sessions_run_in_the_sandbox(spindle_bin, test_env):
     # The client closed stdin: the server ended its sessions, and their containers.
     for pid in pids:
         assert wait_containers(pid) == []
+
+
+def test_a_host_directory_is_the_work_directory_read_only_unless_asked(spindle_bin, test_env,
+                                                                        tmp_path, serve):
+    d = tmp_path / "project"
+    d.mkdir()
+    (d / "data.txt").write_text("from the host\n")
+    d.chmod(0o777)  # the sandbox's user is not the host's
+    code = ("print(open('data.txt').read().strip())\n"
+            "try:\n    open('out.txt', 'w').write('x'); print('wrote')\n"
+            "except OSError as e:\n    print('refused', e.errno)\n")
+    run = [str(spindle_bin), "run", "--sandbox", "docker", "-l", "python", "--mount", str(d)]
+    p = subprocess.run(run + ["-c", code], env=test_env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.stdout == "from the host\nrefused 30\n", (p.stdout, p.stderr)
+    assert not (d / "out.txt").exists()
+    p = subprocess.run(run + ["--mount-rw", "-c", code], env=test_env, capture_output=True,
+                       text=True, timeout=120)
+    assert p.stdout == "from the host\nwrote\n", (p.stdout, p.stderr)
+    assert (d / "out.txt").read_text() == "x"
+    # session_info says so.
+    srv = serve("--sandbox", "docker", "--mount", str(d))
+    s = srv.client().create("python")
+    assert s["sandbox"]["limits"]["mount"] == str(d.resolve()), s
+    assert "mount_writable" not in s["sandbox"]["limits"], s
+
+
+def test_an_invalid_mount_path_is_a_clear_error(spindle_bin, test_env, tmp_path):
+    marker = tmp_path / "ran"
+    for bad in (tmp_path / "missing", tmp_path / "file.txt"):
+        if bad.name == "file.txt":
+            bad.write_text("")
+        p = subprocess.run([str(spindle_bin), "run", "--sandbox", "docker", "--mount", str(bad),
+                            "-l", "python", "-c", f"open({str(marker)!r}, 'w')"],
+                           env=test_env, capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0
+        assert f"invalid mount path {bad}" in p.stderr, p.stderr
+        assert not marker.exists()

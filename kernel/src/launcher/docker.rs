@@ -116,6 +116,42 @@ pub struct DockerConfig {
     pub programs: HashMap<String, String>,
     /// The engine (`unix:///…`, `tcp://host:port`); `DOCKER_HOST`, else the local socket.
     pub host: Option<String>,
+    /// A host directory mounted at `/work` instead of the tmpfs (read-only unless `writable`).
+    pub mount: Option<HostMount>,
+}
+
+/// A host directory given to the sandbox as its work directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostMount {
+    /// Absolute, canonical path of an existing directory.
+    pub path: std::path::PathBuf,
+    pub writable: bool,
+}
+
+impl HostMount {
+    /// Check `path` (it must be an existing directory; it is made absolute and canonical).
+    pub fn new(path: &std::path::Path, writable: bool) -> Result<Self, String> {
+        let canon = std::fs::canonicalize(path)
+            .map_err(|e| format!("invalid mount path {}: {e}", path.display()))?;
+        if !canon.is_dir() {
+            return Err(format!(
+                "invalid mount path {}: not a directory",
+                path.display()
+            ));
+        }
+        let text = canon.to_string_lossy();
+        // The engine's bind syntax is `src:dst:mode`.
+        if text.contains(':') || text.contains(',') {
+            return Err(format!(
+                "invalid mount path {}: Docker cannot bind a path with ':' or ','",
+                path.display()
+            ));
+        }
+        Ok(Self {
+            path: canon,
+            writable,
+        })
+    }
 }
 
 impl Default for DockerConfig {
@@ -133,6 +169,7 @@ impl Default for DockerConfig {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             host: None,
+            mount: None,
         }
     }
 }
@@ -736,6 +773,8 @@ impl Launcher for DockerLauncher {
                 workdir_size: c.workdir_size,
                 tmp_size: c.tmp_size,
                 user: format!("{}:{}", self.shared.user.0, self.shared.user.1),
+                mount: c.mount.as_ref().map(|m| m.path.display().to_string()),
+                mount_writable: c.mount.as_ref().is_some_and(|m| m.writable),
             },
         })
     }
@@ -818,16 +857,25 @@ fn container_config(
         program.to_string(),
     ];
     cmd.extend(req.spec.args.iter().cloned());
-    let tmpfs = HashMap::from([
-        (
-            WORKDIR.to_string(),
-            format!("rw,nosuid,nodev,size={},mode=1777", c.workdir_size),
-        ),
-        (
-            "/tmp".to_string(),
-            format!("rw,nosuid,nodev,size={},mode=1777", c.tmp_size),
-        ),
-    ]);
+    let mut tmpfs = HashMap::from([(
+        "/tmp".to_string(),
+        format!("rw,nosuid,nodev,size={},mode=1777", c.tmp_size),
+    )]);
+    let mut binds = vec![format!("{run_dir}:{run_dir}:rw")];
+    match &c.mount {
+        // The host directory is the work directory, read-only unless asked otherwise.
+        Some(m) => binds.push(format!(
+            "{}:{WORKDIR}:{}",
+            m.path.display(),
+            if m.writable { "rw" } else { "ro" }
+        )),
+        None => {
+            tmpfs.insert(
+                WORKDIR.to_string(),
+                format!("rw,nosuid,nodev,size={},mode=1777", c.workdir_size),
+            );
+        }
+    }
     let labels = HashMap::from([
         (LABEL_SESSION.to_string(), req.session_id.clone()),
         (LABEL_HOST.to_string(), sh.instance.clone()),
@@ -859,7 +907,7 @@ fn container_config(
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec!["no-new-privileges".into()]),
             init: Some(true),
-            binds: Some(vec![format!("{run_dir}:{run_dir}:rw")]),
+            binds: Some(binds),
             auto_remove: Some(false),
             ..Default::default()
         }),

@@ -25,7 +25,7 @@ use crate::language::LaunchSpec;
 pub mod docker;
 pub mod local;
 
-pub use docker::{DockerConfig, DockerLauncher, SandboxError};
+pub use docker::{DockerConfig, DockerLauncher, HostMount, SandboxError};
 pub use local::LocalPtyLauncher;
 
 /// What the kernel hands a launcher.
