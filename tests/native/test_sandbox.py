@@ -3,6 +3,9 @@ for a whole host (`spindle serve --sandbox docker`). Needs Docker and spindle-sa
 (scripts/sandbox-image.sh; the README's test command builds it); SPINDLE_TEST_DOCKER=0 skips."""
 import json
 import os
+import pathlib
+import shutil
+import tempfile
 import signal
 import socket
 import subprocess
@@ -383,3 +386,27 @@ def test_an_invalid_mount_path_is_a_clear_error(spindle_bin, test_env, tmp_path)
         assert p.returncode != 0
         assert f"invalid mount path {bad}" in p.stderr, p.stderr
         assert not marker.exists()
+
+
+def test_permission_denied_on_the_socket_is_said_plainly(spindle_bin, test_env):
+    sock = "/var/run/docker.sock"
+    if os.getuid() != 0 or not os.path.exists(sock):
+        pytest.skip("needs root (to run as another user) and the local socket")
+    if os.stat(sock).st_mode & 0o006:
+        pytest.skip("the socket is open to every user here")
+    env = dict(test_env, HOME="/tmp")
+    env.pop("DOCKER_HOST", None)
+    # A copy the other user can reach (the checkout may be private to root).
+    d = pathlib.Path(tempfile.mkdtemp(prefix="spindle-perm-"))
+    d.chmod(0o755)
+    exe = d / "spindle"
+    shutil.copy(spindle_bin, exe)
+    exe.chmod(0o755)
+    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        str(exe), "run", "--sandbox", "docker", "-l", "python", "-c",
+                        "print(1)"], env=env, cwd="/", capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode != 0
+    assert f"permission denied on the Docker socket {sock}" in p.stderr, p.stderr
+    assert "docker` group" in p.stderr and p.stdout == "", (p.stdout, p.stderr)
+    shutil.rmtree(d)

@@ -92,6 +92,12 @@ pub enum SandboxError {
          scripts/sandbox-image.sh (or choose another image with --image)"
     )]
     ImageMissing { image: String, host: String },
+    #[error(
+        "permission denied on the Docker socket {path}: this user may not use the engine (add \
+         it to the `docker` group, or run as a user that may); no session is started outside \
+         the sandbox"
+    )]
+    SocketPermission { path: String },
     #[error("the Docker engine at {host} refused: {detail}")]
     Engine { host: String, detail: String },
     #[error("invalid sandbox setting: {0}")]
@@ -297,6 +303,16 @@ impl DockerLauncher {
             host: host.clone(),
             detail,
         };
+        // A socket this user may not open: say so, rather than "cannot reach".
+        if let Some(path) = engine.strip_prefix("unix://") {
+            if let Err(e) = std::os::unix::net::UnixStream::connect(path) {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    return Err(SandboxError::SocketPermission {
+                        path: path.to_string(),
+                    });
+                }
+            }
+        }
         // bollard knows unix://, tcp:// and http://; tcp:// is plain HTTP.
         let docker = Docker::connect_with_host(&engine).map_err(|e| unreachable(e.to_string()))?;
         let engine2 = engine.clone();
