@@ -109,6 +109,7 @@ impl ChatArgs {
             idle_timeout: self.idle_timeout,
             max_retries: self.max_retries,
             tools: self.no_tools.then_some(false),
+            system_prompt: None,
             config_file: self.config.clone(),
         }
     }

@@ -54,33 +54,10 @@ pub enum ConfigError {
     BadUrl { what: &'static str, value: String },
 }
 
-/// The `[llm]` table of the config file; every field optional.
+/// Every setting, each optional: what flags or a native `chat` request give, and also the
+/// `[llm]` table of the config file (where `config_file` is not a key).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileSettings {
-    pub base_url: Option<String>,
-    pub model: Option<String>,
-    pub api_key: Option<String>,
-    pub vision: Option<bool>,
-    pub stream: Option<bool>,
-    pub auto_run: Option<bool>,
-    pub max_rounds: Option<u32>,
-    pub output_budget: Option<usize>,
-    pub run_timeout: Option<f64>,
-    pub idle_timeout: Option<f64>,
-    pub max_retries: Option<u32>,
-    pub tools: Option<bool>,
-    pub system_prompt: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct FileRoot {
-    #[serde(default)]
-    llm: FileSettings,
-}
-
-/// Values given on the command line (or by a native `chat` request); `None` when not given.
-#[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub base_url: Option<String>,
     pub model: Option<String>,
@@ -94,7 +71,16 @@ pub struct Overrides {
     pub idle_timeout: Option<f64>,
     pub max_retries: Option<u32>,
     pub tools: Option<bool>,
+    pub system_prompt: Option<String>,
+    /// Another config file than `$XDG_CONFIG_HOME/spindle/config.toml`.
+    #[serde(skip)]
     pub config_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct FileRoot {
+    #[serde(default)]
+    llm: Overrides,
 }
 
 /// Everything the loop needs, resolved.
@@ -166,10 +152,10 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
     out
 }
 
-fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
+fn read_file(path: &Path) -> Result<Overrides, ConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileSettings::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Overrides::default()),
         Err(e) => {
             return Err(ConfigError::File {
                 path: path.display().to_string(),
@@ -217,7 +203,7 @@ impl ChatConfig {
             .unwrap_or_else(|| "~/.config/spindle/config.toml".into());
         let f = match &path {
             Some(p) => read_file(p)?,
-            None => FileSettings::default(),
+            None => Overrides::default(),
         };
         let pick = |flag: &Option<String>, var: &str, file: &Option<String>| {
             flag.clone()
@@ -283,7 +269,7 @@ impl ChatConfig {
         if let Some(t) = o.tools.or(f.tools) {
             l.tools = t;
         }
-        l.system_prompt = f.system_prompt.clone();
+        l.system_prompt = o.system_prompt.clone().or_else(|| f.system_prompt.clone());
         Ok(ChatConfig {
             endpoint: Endpoint {
                 base_url,

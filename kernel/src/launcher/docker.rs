@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,7 +41,7 @@ use spindle_protocol::{SandboxInfo, SandboxLimits};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{
-    clear_nonblock, give_to, mkfifo, open_fifo_reader, open_fifo_writer, set_pipe_size,
+    give_to, mkfifo, open_fifo_reader, open_fifo_writer, request_opener, set_pipe_size,
     write_private, ExitInfo, LaunchRequest, Launcher, ProcessControl, Spawned,
 };
 use crate::error::KernelError;
@@ -749,15 +748,7 @@ impl Launcher for DockerLauncher {
                 },
             }
         });
-        let open_requests = Box::new(move || -> io::Result<Box<dyn Write + Send>> {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-                .open(&req_path)?;
-            clear_nonblock(f.as_raw_fd());
-            set_pipe_size(f.as_raw_fd(), 1 << 20);
-            Ok(Box::new(f))
-        });
+        let open_requests = request_opener(req_path.clone());
         Ok(Spawned {
             control,
             pty_reader: Box::new(ChannelReader {

@@ -1,15 +1,14 @@
 //! Local processes on a `portable-pty` PTY, with the FIFOs in the private run directory.
 
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use portable_pty::{CommandBuilder, PtySize};
 
 use super::{
-    clear_nonblock, dup, kill_session, mkfifo, open_fifo_reader, open_fifo_writer, set_pipe_size,
+    dup, kill_session, mkfifo, open_fifo_reader, open_fifo_writer, request_opener, set_pipe_size,
     write_private, ExitInfo, LaunchRequest, Launcher, ProcessControl, Spawned,
 };
 use crate::error::KernelError;
@@ -149,15 +148,7 @@ impl Launcher for LocalPtyLauncher {
                 },
             }
         });
-        let open_requests = Box::new(move || -> io::Result<Box<dyn Write + Send>> {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-                .open(&req_path)?;
-            clear_nonblock(f.as_raw_fd());
-            set_pipe_size(f.as_raw_fd(), 1 << 20);
-            Ok(Box::new(f))
-        });
+        let open_requests = request_opener(req_path.clone());
         Ok(Spawned {
             control,
             pty_reader,

@@ -186,6 +186,21 @@ pub(crate) fn open_fifo_writer(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// How a launcher opens the request FIFO once the child is there: blocking writes, a 1 MiB pipe.
+pub(crate) fn request_opener(
+    req_path: PathBuf,
+) -> Box<dyn FnOnce() -> io::Result<Box<dyn Write + Send>> + Send> {
+    Box::new(move || -> io::Result<Box<dyn Write + Send>> {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&req_path)?;
+        clear_nonblock(f.as_raw_fd());
+        set_pipe_size(f.as_raw_fd(), 1 << 20);
+        Ok(Box::new(f))
+    })
+}
+
 pub(crate) fn clear_nonblock(fd: RawFd) {
     // SAFETY: fcntl on a descriptor we own.
     unsafe {
