@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::Backend;
+use super::render::markdown::MdStream;
 use super::render::{Origin, Tone};
 use super::term::{self, Typed};
 use super::{plural, recv_typed, Repl};
@@ -30,6 +31,8 @@ pub struct ChatState {
     pub verbose: bool,
     /// The language of each call, for naming saved images.
     calls: HashMap<String, &'static str>,
+    /// Styles the model's Markdown as it streams.
+    md: MdStream,
 }
 
 enum Ev {
@@ -56,6 +59,7 @@ impl<B: Backend> Repl<B> {
             agent: Some(agent),
             verbose: self.render.verbose,
             calls: HashMap::new(),
+            md: MdStream::new(self.render.color),
         });
         self.chat_mode.store(true, Ordering::Release);
     }
@@ -285,9 +289,12 @@ impl<B: Backend> Repl<B> {
                     let _ = self.render.ensure_newline();
                 }
                 if let Some(t) = content {
-                    let _ = self.render.stream(t, Tone::Plain);
+                    let styled = state.md.push(t);
+                    let _ = self.render.stream(&styled, Tone::Plain);
                 }
                 if item.end {
+                    let rest = state.md.finish();
+                    let _ = self.render.stream(&rest, Tone::Plain);
                     let _ = self.render.ensure_newline();
                 }
             }

@@ -5,6 +5,7 @@
 
 pub mod html;
 pub mod image;
+pub mod markdown;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
