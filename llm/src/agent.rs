@@ -1007,38 +1007,16 @@ impl TurnView {
 
     async fn show(&mut self, a: &mut Agent, out: &ItemSender, d: &Delta, turn: &TurnBuilder) {
         match d {
-            Delta::Text(t) => {
-                self.open(a, out, Open::Message, ItemBody::Message { content: None })
+            Delta::Text(t) | Delta::Reasoning(t) => {
+                type Body = fn(Option<String>) -> ItemBody;
+                let (want, body): (Open, Body) = if matches!(d, Delta::Text(_)) {
+                    (Open::Message, |content| ItemBody::Message { content })
+                } else {
+                    (Open::Reasoning, |content| ItemBody::Reasoning { content })
+                };
+                self.open(a, out, want, body(None)).await;
+                a.emit(out, Role::Assistant, false, false, body(Some(t.clone())))
                     .await;
-                a.emit(
-                    out,
-                    Role::Assistant,
-                    false,
-                    false,
-                    ItemBody::Message {
-                        content: Some(t.clone()),
-                    },
-                )
-                .await;
-            }
-            Delta::Reasoning(t) => {
-                self.open(
-                    a,
-                    out,
-                    Open::Reasoning,
-                    ItemBody::Reasoning { content: None },
-                )
-                .await;
-                a.emit(
-                    out,
-                    Role::Assistant,
-                    false,
-                    false,
-                    ItemBody::Reasoning {
-                        content: Some(t.clone()),
-                    },
-                )
-                .await;
             }
             Delta::ToolCall { index, id, .. } => {
                 let raw = turn.arguments(*index).unwrap_or("");
