@@ -1361,14 +1361,17 @@ impl Actor {
                     self.error_in_exec("TimeoutError", &msg).await;
                 }
                 let exprs = v["user_expressions"].as_object().cloned();
-                if let Some(Current::Exec(ex)) = self.current.take() {
-                    self.finish_exec(*ex, outcome, exit.or(Some(0)), exprs)
-                        .await;
-                }
+                // Idle before the finished chunk goes out: whoever reads it and interrupts (an
+                // interrupt while idle does nothing) must not reach the next execution. A
+                // sandbox's interrupt travels through the engine and could land there.
                 self.set_shared(|s| {
                     s.running = None;
                     s.input_pending = false;
                 });
+                if let Some(Current::Exec(ex)) = self.current.take() {
+                    self.finish_exec(*ex, outcome, exit.or(Some(0)), exprs)
+                        .await;
+                }
             }
             Some(Current::Query(q)) if q.req.id() == Some(id) => {
                 let reply = q.reply.unwrap_or_else(|| {
