@@ -782,7 +782,7 @@ impl Agent {
             }
         }
         if unlogged > 0 {
-            let mut it = Item {
+            let it = Item {
                 conversation: self.id.clone(),
                 seq: self.seq.saturating_sub(1),
                 role: Role::Computer,
@@ -793,7 +793,6 @@ impl Agent {
                     content: format!("{unlogged} bytes of console output were not kept in the saved conversation"),
                 },
             };
-            it.seq = self.seq.saturating_sub(1);
             self.log.push(it);
         }
         let o = collector.finish(note.as_deref());
