@@ -36,16 +36,17 @@ pub type MimeBundle = Map<String, Value>;
 /// One piece of an execution's output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Chunk {
-    /// The session (UUID) that produced it.
+    /// The session (UUID) that produced it: also the PUB topic its events go out under.
     pub session: String,
     /// The id of the request it answers; empty for output produced between executions.
     pub request: String,
     /// Position in the session's chunk sequence, from 0, without gaps.
     pub seq: u64,
-    /// Opens a block.
+    /// Opens a block: this chunk carries the block's `type` (and `format`) but no `content`;
+    /// the content chunks follow.
     #[serde(default, skip_serializing_if = "is_false")]
     pub start: bool,
-    /// Closes a block.
+    /// Closes a block; this chunk has no `content` either.
     #[serde(default, skip_serializing_if = "is_false")]
     pub end: bool,
     /// What kind of chunk this is, with its content (absent on `start` and `end` chunks).
@@ -62,7 +63,9 @@ fn is_false(b: &bool) -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Body {
-    /// Text the program wrote to a stream, or (opt-in) the line being executed.
+    /// Text the program wrote to a stream (exactly as written, UTF-8: the terminal does not
+    /// turn `\n` into `\r\n`), or (opt-in) the line being executed. A block of it may hold
+    /// many content chunks; join them.
     Console {
         format: ConsoleFormat,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,7 +74,9 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         line: Option<u32>,
     },
-    /// The value of the last expression.
+    /// The value of the last expression. Its `data` is the `text/plain`; the HTML, images and
+    /// other representations are in its `bundle` (`display()` makes `html`, `image`, …
+    /// chunks instead).
     Result {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         content: Option<Rich>,
@@ -186,8 +191,9 @@ impl ImageFormat {
 /// A rich output: the typed payload in `data`, and the whole MIME bundle beside it.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Rich {
-    /// The payload of the chunk's own type: text for html/markdown/latex/text/svg and results,
-    /// base64 for raster images, a JSON value for json.
+    /// The payload of the chunk's own type: text for html/markdown/latex/text/svg, the
+    /// `text/plain` for results (their HTML is in `bundle`), base64 for raster images, a JSON
+    /// value for json.
     pub data: Value,
     /// Every representation the object offered, keyed by MIME type.
     pub bundle: MimeBundle,

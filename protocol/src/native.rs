@@ -68,7 +68,9 @@ pub struct ConnectionInfo {
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Request {
-    /// Chosen by the client (at most 256 bytes); echoed in every reply to this request.
+    /// Chosen by the client (a string of at most 256 bytes); echoed in every reply to this
+    /// request. A request whose `id` is missing, not a string or longer is refused with
+    /// `bad_request`, and that reply's `id` is null.
     pub id: String,
     #[serde(flatten)]
     pub body: RequestBody,
@@ -84,7 +86,9 @@ pub enum RequestBody {
     ListSessions,
     /// Answered by a `session` reply.
     SessionInfo { session: String },
-    /// Run code. Answered by `chunk` replies, the last one `status`/`finished`.
+    /// Run code. Answered by `chunk` replies and nothing else (no acknowledgement comes
+    /// first): the first one is `status`/`started`, the last one `status`/`finished`. An
+    /// execute refused outright (unknown session, empty code, …) gets one `error` reply instead.
     Execute(Execute),
     /// Interrupt the running execution (SIGINT to the terminal's foreground). Answered by `ok`.
     Interrupt { session: String },
@@ -358,8 +362,9 @@ fn yes() -> bool {
 /// A reply to a request (or one of many, for an execute).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Reply {
-    /// The id of the request answered; null only when the request could not be read far enough
-    /// to find its id (bad frames, bad signature, invalid JSON).
+    /// The id of the request answered; null when the host could not take an id from the
+    /// request: bad frames, a bad signature, invalid JSON, a request over `max_message`, or an
+    /// `id` that is missing, not a string, or over 256 bytes.
     pub id: Option<String>,
     #[serde(flatten)]
     pub body: ReplyBody,
@@ -530,7 +535,8 @@ pub enum ErrorCode {
     FileExists,
 }
 
-/// An event published on the PUB socket, under the session id as topic.
+/// An event published on the PUB socket, under the session's id (its UUID, never its name,
+/// although requests accept names) as topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
