@@ -1,0 +1,404 @@
+//! One session: one persistent language process, its execution queue, and the task that turns
+//! what the process writes into chunks.
+//!
+//! Each session runs an *actor* task that owns the process. Reader threads feed it the PTY, the
+//! child's stderr and the event stream; it merges them in order (holding an event until the
+//! sentinels it names have come through the PTY and stderr), shapes the result into chunks, and
+//! sends them to the execution's stream and to the session's watchers. Interrupts, stdin and
+//! input replies bypass the actor, so a busy or back-pressured actor never delays them.
+
+mod actor;
+mod proc;
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use serde_json::Value;
+use spindle_protocol::{Chunk, SessionInfo, SessionState};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::error::KernelError;
+use crate::language::{ChildRequest, Language, Outbound};
+use crate::launcher::ProcessControl;
+use crate::options::{ExecOptions, KernelConfig, Query, SessionSpec};
+
+use actor::Actor;
+use proc::Proc;
+
+/// Console text is coalesced up to this size before a chunk is cut.
+const COALESCE: usize = 1 << 20;
+/// How long a frame may wait for its sentinels before it is let through anyway.
+const HOLD_LIMIT: Duration = Duration::from_secs(2);
+/// After the process ends, how long to wait for its last bytes.
+const DRAIN_LIMIT: Duration = Duration::from_millis(500);
+
+/// A handle to a session. Cheap to clone.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+    /// Held by handles and executions only: when every one is gone the actor closes the session.
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.inner.id)
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+struct Inner {
+    id: String,
+    name: String,
+    language: Arc<dyn Language>,
+    /// The sandbox the processes run in, if any.
+    sandbox: Option<spindle_protocol::SandboxInfo>,
+    /// The working directory on the host (for file requests when not sandboxed).
+    work_root: Option<std::path::PathBuf>,
+    shared: Mutex<Shared>,
+    watch: broadcast::Sender<Chunk>,
+}
+
+/// State read and written outside the actor.
+struct Shared {
+    state: SessionState,
+    pid: Option<u32>,
+    execution_count: u64,
+    queued: usize,
+    language_version: Option<String>,
+    starts: u64,
+    control: Option<Arc<dyn ProcessControl>>,
+    req_tx: Option<std::sync::mpsc::Sender<Outbound>>,
+    input_pending: bool,
+    running: Option<String>,
+}
+
+enum Cmd {
+    Execute {
+        id: String,
+        code: String,
+        opts: ExecOptions,
+        tx: mpsc::Sender<Chunk>,
+    },
+    Query {
+        req: ChildRequest,
+        tx: oneshot::Sender<Result<Value, KernelError>>,
+    },
+    Cancel(String),
+    Restart(oneshot::Sender<Result<(), KernelError>>),
+    Close(oneshot::Sender<()>),
+}
+
+/// The chunk stream of one execution. Dropping it before it finishes interrupts the execution
+/// (or takes it out of the queue).
+pub struct Execution {
+    id: String,
+    rx: mpsc::Receiver<Chunk>,
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Execution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Execution")
+            .field("id", &self.id)
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
+impl Execution {
+    /// The request id the chunks carry.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Stream for Execution {
+    type Item = Chunk;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Chunk>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(c)) => {
+                if c.is_finished() {
+                    self.finished = true;
+                }
+                Poll::Ready(Some(c))
+            }
+            Poll::Ready(None) => {
+                self.finished = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Execution {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.cmd_tx.send(Cmd::Cancel(self.id.clone()));
+        }
+    }
+}
+
+impl Session {
+    /// Start the process and wait until it is ready.
+    pub(crate) async fn start(
+        spec: SessionSpec,
+        config: KernelConfig,
+    ) -> Result<Self, KernelError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let name = spec.name.clone().unwrap_or_else(|| id.clone());
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (watch, _) = broadcast::channel(config.watch_capacity.max(16));
+        let inner = Arc::new(Inner {
+            id: id.clone(),
+            name,
+            language: spec.language.clone(),
+            sandbox: spec.launcher.as_ref().unwrap_or(&config.launcher).sandbox(),
+            work_root: spec.cwd.clone().or_else(|| std::env::current_dir().ok()),
+            shared: Mutex::new(Shared {
+                state: SessionState::Starting,
+                pid: None,
+                execution_count: 0,
+                queued: 0,
+                language_version: None,
+                starts: 0,
+                control: None,
+                req_tx: None,
+                input_pending: false,
+                running: None,
+            }),
+            watch,
+        });
+        let proc = Proc::start(&inner, &spec, &config).await?;
+        let actor = Actor::new(inner.clone(), cmd_rx, spec, config, proc);
+        inner.shared.lock().expect("session state").state = SessionState::Idle;
+        tokio::spawn(actor.run());
+        Ok(Session { inner, cmd_tx })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn language(&self) -> &Arc<dyn Language> {
+        &self.inner.language
+    }
+
+    /// A snapshot of the session's state.
+    pub fn info(&self) -> SessionInfo {
+        let s = self.inner.shared.lock().expect("session state");
+        SessionInfo {
+            id: self.inner.id.clone(),
+            name: self.inner.name.clone(),
+            language: self.inner.language.name().to_string(),
+            language_version: s.language_version.clone(),
+            state: s.state,
+            pid: s.pid,
+            execution_count: s.execution_count,
+            queued: s.queued,
+            starts: s.starts,
+            sandbox: self.inner.sandbox.clone(),
+        }
+    }
+
+    /// Queue `code` for execution and return its chunk stream.
+    pub fn execute(&self, code: &str, opts: ExecOptions) -> Result<Execution, KernelError> {
+        if code.trim().is_empty() {
+            return Err(KernelError::EmptyCode);
+        }
+        if let Some(at) = code.find('\0') {
+            return Err(KernelError::NulInCode(at));
+        }
+        self.ensure_open()?;
+        let id = opts
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        // Chunks are up to 1 MiB: keep the per-execution buffer small (back-pressure does the rest).
+        let (tx, rx) = mpsc::channel(64);
+        self.inner.shared.lock().expect("session state").queued += 1;
+        self.cmd_tx
+            .send(Cmd::Execute {
+                id: id.clone(),
+                code: code.to_string(),
+                opts,
+                tx,
+            })
+            .map_err(|_| KernelError::Closed(self.inner.id.clone()))?;
+        Ok(Execution {
+            id,
+            rx,
+            cmd_tx: self.cmd_tx.clone(),
+            finished: false,
+        })
+    }
+
+    /// Ask the session a question (completion, inspection, is-complete).
+    pub async fn query(&self, query: Query) -> Result<Value, KernelError> {
+        self.ensure_open()?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let req = match query {
+            Query::Complete { code, cursor_pos } => ChildRequest::Complete {
+                id,
+                code,
+                cursor_pos,
+            },
+            Query::Inspect {
+                code,
+                cursor_pos,
+                detail_level,
+            } => ChildRequest::Inspect {
+                id,
+                code,
+                cursor_pos,
+                detail_level,
+            },
+            Query::IsComplete { code } => ChildRequest::IsComplete { id, code },
+        };
+        let (tx, rx) = oneshot::channel();
+        self.inner.shared.lock().expect("session state").queued += 1;
+        self.cmd_tx
+            .send(Cmd::Query { req, tx })
+            .map_err(|_| KernelError::Closed(self.inner.id.clone()))?;
+        rx.await
+            .map_err(|_| KernelError::Closed(self.inner.id.clone()))?
+    }
+
+    /// The session's work directory, for files in and out: the sandbox's (`/work` in its
+    /// container) or else the working directory the session was started in.
+    pub fn work_dir(&self) -> Result<Arc<dyn crate::files::WorkDir>, KernelError> {
+        let s = self.inner.shared.lock().expect("session state");
+        if s.state == SessionState::Closed {
+            return Err(KernelError::Closed(self.inner.id.clone()));
+        }
+        if let Some(w) = s.control.as_ref().and_then(|c| c.work_dir()) {
+            return Ok(w);
+        }
+        if self.inner.sandbox.is_some() {
+            return Err(crate::files::FilesError::Unavailable(format!(
+                "session {} is starting its sandbox; try again when it is ready",
+                self.inner.id
+            ))
+            .into());
+        }
+        match &self.inner.work_root {
+            Some(root) => Ok(Arc::new(crate::files::LocalWorkDir::new(root.clone()))),
+            None => Err(crate::files::FilesError::Unavailable(
+                "the session's working directory is unknown".into(),
+            )
+            .into()),
+        }
+    }
+
+    /// Interrupt the running execution: SIGINT to the PTY's foreground process group. Does
+    /// nothing when the session is idle.
+    pub fn interrupt(&self) -> Result<(), KernelError> {
+        let control = {
+            let s = self.inner.shared.lock().expect("session state");
+            if s.state == SessionState::Closed {
+                return Err(KernelError::Closed(self.inner.id.clone()));
+            }
+            if s.running.is_none() {
+                return Ok(());
+            }
+            s.control.clone()
+        };
+        if let Some(c) = control {
+            c.interrupt()?;
+        }
+        Ok(())
+    }
+
+    /// Write raw bytes to the terminal, for programs that read it (`read`, `sudo`, y/n prompts).
+    /// The bytes travel behind any request already on its way, so they can never reach the
+    /// terminal before the command line of the execution they are meant for.
+    pub fn write_stdin(&self, bytes: &[u8]) -> Result<(), KernelError> {
+        let s = self.inner.shared.lock().expect("session state");
+        match (&s.req_tx, s.state) {
+            (_, SessionState::Closed) | (None, _) => {
+                Err(KernelError::Closed(self.inner.id.clone()))
+            }
+            (Some(tx), _) => tx
+                .send(Outbound {
+                    pty: bytes.to_vec(),
+                    ..Outbound::default()
+                })
+                .map_err(|_| KernelError::Closed(self.inner.id.clone())),
+        }
+    }
+
+    /// Answer the pending `input_request`.
+    pub fn input_reply(&self, value: &str) -> Result<(), KernelError> {
+        let mut s = self.inner.shared.lock().expect("session state");
+        if !s.input_pending {
+            return Err(KernelError::NoPendingInput(self.inner.id.clone()));
+        }
+        let out = self.inner.language.encode(&ChildRequest::InputReply {
+            value: value.to_string(),
+        })?;
+        let tx = s
+            .req_tx
+            .clone()
+            .ok_or_else(|| KernelError::Closed(self.inner.id.clone()))?;
+        s.input_pending = false;
+        tx.send(out)
+            .map_err(|_| KernelError::Closed(self.inner.id.clone()))
+    }
+
+    /// Whether an `input_request` is waiting for its answer.
+    pub fn input_pending(&self) -> bool {
+        self.inner
+            .shared
+            .lock()
+            .expect("session state")
+            .input_pending
+    }
+
+    /// Kill the process and start a fresh one. The running execution ends as `died`; queued
+    /// ones are aborted.
+    pub async fn restart(&self) -> Result<(), KernelError> {
+        self.ensure_open()?;
+        let (tx, rx) = oneshot::channel();
+        self.cmd_tx
+            .send(Cmd::Restart(tx))
+            .map_err(|_| KernelError::Closed(self.inner.id.clone()))?;
+        rx.await
+            .map_err(|_| KernelError::Closed(self.inner.id.clone()))?
+    }
+
+    /// End the session for good: its process tree is killed.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd_tx.send(Cmd::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Every chunk of every execution in this session, as it happens. A watcher that falls more
+    /// than the kernel's `watch_capacity` behind gets `RecvError::Lagged(n)`.
+    pub fn subscribe(&self) -> broadcast::Receiver<Chunk> {
+        self.inner.watch.subscribe()
+    }
+
+    fn ensure_open(&self) -> Result<(), KernelError> {
+        if self.inner.shared.lock().expect("session state").state == SessionState::Closed {
+            return Err(KernelError::Closed(self.inner.id.clone()));
+        }
+        Ok(())
+    }
+}
