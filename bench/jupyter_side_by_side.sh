@@ -5,13 +5,18 @@
 # Usage: bench/jupyter_side_by_side.sh [REPEAT]      (REPEAT: suite repetitions, default 2)
 # Env:   VENV     a venv with jupyter_client, ipykernel, bash_kernel, psutil, matplotlib
 #                 (default: .venv at the repo root, as scripts/test.sh creates it)
-#        OUT      directory for the JSON results (default: bench/jupyter_results/<date>)
+#        OUT      directory for the JSON results (default: bench/results/jupyter-<date>)
 #        ONLY     measurements for kernel_bench.py --only (default: all)
+#        KERNELS  which of spindle-python, ipykernel, spindle-bash, bash_kernel to run
+#                 (default: all four; e.g. "spindle-python ipykernel" for the Python pair)
+#        SPINDLE_BIN  a spindle binary to use instead of building target/release/spindle
 #        BASH_STREAM_BYTES  bytes for the bash stream cell (default 2000000: bash_kernel sends
 #                 one message per line and needs ~10 minutes for 20 MB; Spindle gets 20 MB too)
 #
 # Kernelspecs go to a temporary prefix that JUPYTER_PATH points at; nothing is installed into
-# the user's directories. The harness is shared/bench/kernel_bench.py (read-only).
+# the user's directories. The harness is shared/bench/kernel_bench.py (read-only). Every kernel
+# runs the harness's own cells, the image cell included (IPython.display's display and Image:
+# Spindle's Python session routes them to its own display), except bash_kernel's shorter stream.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -23,14 +28,18 @@ if [[ -z $venv ]]; then
 	venv=$root/.venv
 fi
 py=$venv/bin/python
-out=${OUT:-$root/bench/jupyter_results/$(date -u +%Y%m%dT%H%M%SZ)}
+out=${OUT:-$root/bench/results/jupyter-$(date -u +%Y%m%dT%H%M%SZ)}
 only=${ONLY:-startup,rss,rtt,stream,many_lines,image,interrupt,concurrency}
 bash_bytes=${BASH_STREAM_BYTES:-2000000}
+kernels=${KERNELS:-spindle-python ipykernel spindle-bash bash_kernel}
 mkdir -p "$out"
 
-echo "== build" >&2
-(cd "$root" && cargo build --release -q -p spindle)
-spindle=$root/target/release/spindle
+spindle=${SPINDLE_BIN:-}
+if [[ -z $spindle ]]; then
+	echo "== build" >&2
+	(cd "$root" && cargo build --release -q -p spindle)
+	spindle=$root/target/release/spindle
+fi
 
 echo "== install kernelspecs into a temporary prefix" >&2
 prefix=$(mktemp -d /tmp/spindle-bench-prefix.XXXXXX)
@@ -51,11 +60,12 @@ JSON
 run() { # name kernel lang extra-args...
 	local name=$1 kernel=$2 lang=$3
 	shift 3
+	[[ " $kernels " == *" $name "* ]] || return 0
 	echo "== $name ($kernel)" >&2
 	"$py" "$harness" --kernel "$kernel" --lang "$lang" --repeat "$repeat" --only "$only" \
 		--out "$out/$name.json" "$@" >/dev/null
 }
-run spindle-python spindle-python python --snippets "$here/jupyter_snippets_python.json"
+run spindle-python spindle-python python
 run ipykernel python3 python
 run spindle-bash spindle-bash bash
 run bash_kernel bash bash --snippets "$out/bash_stream.json"
@@ -71,7 +81,8 @@ rows = [("startup_s", "startup, s"), ("exec_rtt_ms_median", "exec RTT median, ms
         ("rss_mb", "RSS idle (tree), MB"), ("pss_mb", "PSS idle (tree), MB"),
         ("concurrency_all_ready_s", "8 kernels ready, s"),
         ("concurrency_total_rss_mb", "8 kernels RSS, MB")]
-names = ["spindle-python", "ipykernel", "spindle-bash", "bash_kernel"]
+names = [n for n in ["spindle-python", "ipykernel", "spindle-bash", "bash_kernel"]
+         if (out / f"{n}.json").exists()]
 data = {n: json.loads((out / f"{n}.json").read_text())["summary"] for n in names}
 print(f"| metric | {' | '.join(names)} |")
 print("|---|" + "---|" * len(names))
