@@ -92,7 +92,9 @@ def test_bad_signature_and_malformed_frames_are_dropped(raw, py):
 def test_request_without_date_is_served_and_header_echoed_verbatim(raw):
     shell = raw.dealer()
     iopub = raw.sub()
-    time.sleep(0.3)  # let the subscription reach the kernel
+    # The kernel says when the subscription reached it (JEP 65); until then iopub drops.
+    welcome = raw.recv(iopub)
+    assert welcome is not None and welcome["header"]["msg_type"] == "iopub_welcome", welcome
     header = raw.header("execute_request", date=None)
     header["x_extra"] = {"kept": True}
     raw.send(shell, "execute_request", {"code": "40 + 2", "silent": False,
