@@ -8,8 +8,8 @@ use std::sync::Arc;
 use portable_pty::{CommandBuilder, PtySize};
 
 use super::{
-    dup, kill_session, mkfifo, open_fifo_reader, open_fifo_writer, request_opener, set_pipe_size,
-    write_private, ExitInfo, LaunchRequest, Launcher, ProcessControl, Spawned,
+    dup, guardian, kill_session, mkfifo, open_fifo_reader, open_fifo_writer, request_opener,
+    set_pipe_size, write_private, ExitInfo, LaunchRequest, Launcher, ProcessControl, Spawned,
 };
 use crate::error::KernelError;
 
@@ -100,6 +100,10 @@ impl Launcher for LocalPtyLauncher {
         // The parent must not hold the slave open, or the PTY never reports the child's end.
         drop(pair.slave);
         let pid = child.process_id();
+        // Before any code runs in it: if the host is killed, the guardian kills the session.
+        if let Some(pid) = pid {
+            guardian::register(pid as i32);
+        }
         let pty_reader = pair
             .master
             .try_clone_reader()
@@ -123,6 +127,10 @@ impl Launcher for LocalPtyLauncher {
                 wait_exited(pid as i32);
             }
             wait_control.kill_all();
+            // Swept: the guardian forgets it before the leader is reaped and its pid is free.
+            if let Some(pid) = pid {
+                guardian::unregister(pid as i32);
+            }
             let status = child.wait();
             wait_control.reaped.store(true, Ordering::SeqCst);
             // Let the readers reach end-of-stream.

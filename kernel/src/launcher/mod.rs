@@ -5,7 +5,7 @@
 //! event stream and the request stream.
 //!
 //! - [`local`]: a process on the host, on a `portable-pty` PTY, with FIFOs in the session's
-//!   private run directory.
+//!   private run directory; [`guardian`] kills its sessions when the host is killed.
 //! - [`docker`]: a process in a Docker container (through the Engine API): the container's TTY
 //!   is the PTY, and the run directory with its FIFOs is bind-mounted into the container.
 //!
@@ -23,6 +23,7 @@ use crate::error::KernelError;
 use crate::language::LaunchSpec;
 
 pub mod docker;
+pub mod guardian;
 pub mod local;
 
 pub use docker::{DockerConfig, DockerLauncher, HostMount, SandboxError};
