@@ -6,6 +6,13 @@
 //! Appending a line is cheap and never rewrites the file. Each kernel run (and each restart)
 //! claims a new session number under an exclusive `flock`, so two kernels started together
 //! never share one; entries carry the session number, so `range` requests work across runs.
+//!
+//! The lock is taken on a separate `<language>.jsonl.lock` that is never replaced, not on the
+//! store: compaction renames a rewritten store over the old one, and a lock on the old inode
+//! would let a second kernel, woken after the rename, read the stale file and claim the same
+//! number. Every read, compaction and append opens the store afresh under that lock. The store
+//! holds what was typed, so it is private: created 0600 (its directory 0700), rewritten 0600,
+//! and put back to 0600 if it is found readable by others.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -219,35 +226,108 @@ fn history_dir() -> Option<PathBuf> {
     Some(base.join("spindle").join("history"))
 }
 
-fn open_locked(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// `<store>.lock` next to the store.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
+/// Take the store's lock (blocking until it is ours); released when the returned file closes.
+fn lock(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     use std::os::unix::io::AsRawFd;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
     let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(lock_path(path))?;
+    loop {
+        // SAFETY: flock on a descriptor we own; released when the file is closed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(f);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Open the store for reading and appending (the caller holds the lock).
+fn open_store(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
         .read(true)
         .append(true)
         .create(true)
         .mode(0o600)
-        .open(path)?;
-    // SAFETY: flock on a descriptor we own; released when the file is closed.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(std::io::Error::last_os_error());
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Mode 0600 on a store that is readable or writable by others (an older Spindle compacted
+/// stores with the default mode).
+fn keep_private(f: &File) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if f.metadata()?.permissions().mode() & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     }
-    Ok(f)
+    Ok(())
 }
 
 fn append(path: &Path, line: &Line) -> std::io::Result<()> {
     let mut text = serde_json::to_vec(line)?;
     text.push(b'\n');
-    let mut f = open_locked(path)?;
-    f.write_all(&text)
+    let _lock = lock(path)?;
+    open_store(path)?.write_all(&text)
+}
+
+/// Write `entries` to a fresh, private file next to `path` and rename it over `path` (the
+/// caller holds the lock, so no append is lost).
+fn rewrite(path: &Path, entries: &[Entry]) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(format!(".{}.tmp", hex::encode(rand::random::<[u8; 8]>())));
+    let tmp = path.with_file_name(name);
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)?;
+    let written = (|| {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        let mut out = std::io::BufWriter::new(&file);
+        for e in entries {
+            serde_json::to_writer(&mut out, &Line::Entry(e.clone()))?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        drop(out);
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Read the store, append a new session marker, and return the entries and the new number.
 fn load_and_claim(path: &Path) -> std::io::Result<(Vec<Entry>, u64)> {
-    let mut f = open_locked(path)?;
+    let _lock = lock(path)?;
+    let mut f = open_store(path)?;
+    keep_private(&f)?;
     let mut entries = Vec::new();
     let mut max_session = 0;
     let mut lines = 0usize;
@@ -268,17 +348,8 @@ fn load_and_claim(path: &Path) -> std::io::Result<(Vec<Entry>, u64)> {
         entries.drain(..entries.len() - KEEP);
     }
     if lines > COMPACT_AT {
-        // Rewrite with what is kept; the lock is held, so no append is lost.
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut out = std::io::BufWriter::new(File::create(&tmp)?);
-        for e in &entries {
-            serde_json::to_writer(&mut out, &Line::Entry(e.clone()))?;
-            out.write_all(b"\n")?;
-        }
-        out.flush()?;
-        drop(out);
-        std::fs::rename(&tmp, path)?;
-        f = open_locked(path)?;
+        rewrite(path, &entries)?;
+        f = open_store(path)?;
     }
     let marker = Line::Session {
         session,
@@ -451,5 +522,103 @@ mod tests {
         assert_eq!(s2, s1 + 1);
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].output.as_deref(), Some("1"));
+    }
+
+    /// A store over the compaction threshold, mode 0600: `sessions` sessions of entries.
+    fn big_store(p: &Path, sessions: u64) {
+        use std::os::unix::fs::PermissionsExt;
+        let mut text = String::new();
+        let per = (COMPACT_AT as u64 + 10).div_ceil(sessions);
+        for s in 1..=sessions {
+            for l in 1..=per {
+                let e = Line::Entry(Entry {
+                    session: s,
+                    line: l,
+                    input: format!("x = {l}"),
+                    output: None,
+                });
+                text.push_str(&serde_json::to_string(&e).unwrap());
+                text.push('\n');
+            }
+        }
+        std::fs::write(p, text).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn compaction_keeps_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("python.jsonl");
+        big_store(&p, 4);
+        let (entries, s) = load_and_claim(&p).unwrap();
+        assert_eq!(s, 5);
+        assert_eq!(entries.len(), KEEP);
+        let lines = std::fs::read_to_string(&p).unwrap().lines().count();
+        assert_eq!(lines, KEEP + 1, "compacted, plus the new session marker");
+        assert_eq!(mode(&p), 0o600);
+        assert_eq!(mode(&lock_path(&p)), 0o600);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_store_readable_by_others_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("python.jsonl");
+        std::fs::write(&p, "").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        load_and_claim(&p).unwrap();
+        assert_eq!(mode(&p), 0o600);
+    }
+
+    #[test]
+    fn concurrent_claims_during_compaction_get_distinct_sessions() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("python.jsonl");
+            big_store(&p, 3);
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+            let claims: Vec<_> = (0..6)
+                .map(|_| {
+                    let (p, barrier) = (p.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let (_, s) = load_and_claim(&p).unwrap();
+                        append(
+                            &p,
+                            &Line::Entry(Entry {
+                                session: s,
+                                line: 1,
+                                input: format!("claimed {s}"),
+                                output: None,
+                            }),
+                        )
+                        .unwrap();
+                        s
+                    })
+                })
+                .collect();
+            let mut sessions: Vec<u64> = claims.into_iter().map(|t| t.join().unwrap()).collect();
+            sessions.sort();
+            assert_eq!(sessions, (4..10).collect::<Vec<_>>());
+            // Every claimer's entry is in the store that is there now.
+            let text = std::fs::read_to_string(&p).unwrap();
+            for s in sessions {
+                assert!(
+                    text.contains(&format!("\"claimed {s}\"")),
+                    "session {s} lost"
+                );
+            }
+        }
     }
 }
