@@ -27,18 +27,71 @@ impl InterpreterArgs {
     }
 }
 
-/// Logs go to stderr through `tracing`; `SPINDLE_LOG` (or `RUST_LOG`) sets the filter.
+/// Logs go to stderr through `tracing`; `SPINDLE_LOG` (or `RUST_LOG`) sets the filter. Whatever
+/// it says, no level logs what the user types, input replies or keys: Spindle's own logs give
+/// lengths, never content, and the crates in [`LOG_CAPS`] are held to a level that does not.
 pub fn init_logging(default: &str) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{filter::filter_fn, fmt, EnvFilter};
     let filter = std::env::var("SPINDLE_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| default.to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_target(false)
+    let _ = tracing_subscriber::registry()
+        .with(EnvFilter::new(filter))
+        .with(filter_fn(|m| log_allowed(m.target(), m.level())))
+        .with(fmt::layer().with_writer(std::io::stderr).with_target(false))
         .try_init();
+}
+
+/// Crates whose logs carry secrets beyond some level, and the most verbose level each may log:
+/// rustyline logs every keystroke and edit at debug; rmcp logs whole requests (a `send_input`
+/// answer) at debug and trace; bollard logs request and response bodies (container environments)
+/// at debug; reqwest's verbose connection log dumps raw HTTP, the API key header included; and
+/// portable-pty logs environments (API keys) at trace.
+pub const LOG_CAPS: &[(&str, tracing::level_filters::LevelFilter)] = {
+    use tracing::level_filters::LevelFilter;
+    &[
+        ("rustyline", LevelFilter::OFF),
+        ("rmcp", LevelFilter::INFO),
+        ("bollard", LevelFilter::INFO),
+        ("reqwest::connect::verbose", LevelFilter::OFF),
+        ("portable_pty", LevelFilter::DEBUG),
+    ]
+};
+
+/// Whether an event of `target` at `level` may be logged at all (see [`LOG_CAPS`]).
+pub fn log_allowed(target: &str, level: &tracing::Level) -> bool {
+    for (prefix, cap) in LOG_CAPS {
+        let under = target
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"));
+        if under {
+            return *cap >= tracing::level_filters::LevelFilter::from_level(*level);
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::log_allowed;
+    use tracing::Level;
+
+    #[test]
+    fn secret_bearing_targets_are_capped_whatever_the_filter() {
+        assert!(!log_allowed("rustyline", &Level::ERROR));
+        assert!(!log_allowed("rustyline::keymap", &Level::DEBUG));
+        assert!(!log_allowed("rmcp::service", &Level::DEBUG));
+        assert!(log_allowed("rmcp::service", &Level::INFO));
+        assert!(!log_allowed("bollard::docker", &Level::DEBUG));
+        assert!(!log_allowed("reqwest::connect::verbose", &Level::TRACE));
+        assert!(log_allowed("reqwest::connect", &Level::DEBUG));
+        assert!(!log_allowed("portable_pty::cmdbuilder", &Level::TRACE));
+        // Only whole path segments: a crate named like a prefix is not capped.
+        assert!(log_allowed("rustyline_extra", &Level::TRACE));
+        assert!(log_allowed("spindle::repl", &Level::TRACE));
+    }
 }
 
 /// Resolves when the process is asked to stop (SIGTERM, SIGINT or SIGHUP).

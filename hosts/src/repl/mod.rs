@@ -883,7 +883,12 @@ impl<B: Backend> Repl<B> {
                     }
                 }
                 typed = recv_typed(&mut io.stdin) => {
-                    tracing::trace!(?typed, input_pending, "typed while running");
+                    // Never the text: it may answer getpass().
+                    let bytes = match &typed {
+                        Typed::Line(b) => Some(b.len()),
+                        Typed::Eof => None,
+                    };
+                    tracing::trace!(?bytes, input_pending, password, "typed while running");
                     self.render.typed_line();
                     let b = self.backend.clone();
                     let r = match typed {
