@@ -154,11 +154,14 @@ pub(crate) async fn bind_all(info: &ConnectionInfo) -> anyhow::Result<Sockets> {
             other => anyhow::bail!("unexpected endpoint {other}"),
         }
     }
-    let mut shell = RouterSocket::new();
-    let mut control = RouterSocket::new();
-    let mut stdin = RouterSocket::new();
-    let mut iopub = XPubSocket::new();
-    let mut hb = RepSocket::new();
+    // Every socket bounds what it reads (see `wire::MAX_MESSAGE`); iopub only gets
+    // subscriptions and the heartbeat only pings.
+    let bound = crate::native::wire::socket_options;
+    let mut shell = RouterSocket::with_options(bound(wire::MAX_MESSAGE));
+    let mut control = RouterSocket::with_options(bound(wire::MAX_MESSAGE));
+    let mut stdin = RouterSocket::with_options(bound(wire::MAX_MESSAGE));
+    let mut iopub = XPubSocket::with_options(bound(crate::native::wire::MAX_SUBSCRIPTION));
+    let mut hb = RepSocket::with_options(bound(crate::native::wire::MAX_SUBSCRIPTION));
     let mut out = info.clone();
     // Shell and iopub first: they are what a client talks to first.
     out.shell_port = bind(&mut shell, ip, info.shell_port, "shell").await?;

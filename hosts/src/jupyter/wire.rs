@@ -23,10 +23,18 @@ use crate::auth::Signer;
 pub const DELIMITER: &[u8] = b"<IDS|MSG>";
 /// The protocol version Spindle speaks.
 pub const PROTOCOL_VERSION: &str = "5.3";
+/// Largest message the shell, control and stdin sockets keep, in bytes (the native API's
+/// default `--max-message`). A larger one is refused from its frame headers and its bytes are
+/// read and discarded as they arrive, never kept; it is then dropped like any bad message (the
+/// Jupyter protocol has no reply for a message that cannot be read), and logged. Requests from
+/// Jupyter clients are far smaller; comm messages with buffers fit too.
+pub const MAX_MESSAGE: usize = 64 << 20;
 
 /// Why an incoming message was dropped.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
+    #[error("the message is {0} bytes; at most {MAX_MESSAGE} are accepted; it was read and discarded as it arrived, not kept")]
+    TooLarge(u64),
     #[error("no <IDS|MSG> delimiter")]
     NoDelimiter,
     #[error("{0} frames after the delimiter; at least 5 are needed")]
@@ -59,6 +67,9 @@ struct LooseHeader {
 
 /// Split, verify and parse one multipart message.
 pub fn parse(msg: ZmqMessage, signer: &Signer) -> Result<Request, WireError> {
+    if let Some(size) = msg.oversized() {
+        return Err(WireError::TooLarge(size));
+    }
     let frames = msg.into_vec();
     let at = frames
         .iter()

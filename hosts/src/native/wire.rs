@@ -21,6 +21,24 @@ use crate::auth::Signer;
 /// Longest request id accepted.
 pub const MAX_ID_BYTES: usize = 256;
 
+/// Largest subscription message a PUB or XPUB socket keeps (a topic is a session id); a larger
+/// one is discarded as it arrives and subscribes to nothing.
+pub const MAX_SUBSCRIPTION: usize = 64 << 10;
+
+/// What a message may count at the transport beyond `max_message` before it is discarded as
+/// it arrives: the transport also counts [`zeromq::FRAME_OVERHEAD`] bytes per frame, and a message
+/// a little over the limit is better refused here, with its exact size.
+const TRANSPORT_SLACK: u64 = 4096;
+
+/// Socket options that bound incoming messages near `max_message` bytes: a larger message is
+/// refused from its frame headers, its bytes read in pieces of at most 64 KiB and discarded,
+/// never kept (see [`check`]).
+pub fn socket_options(max_message: usize) -> zeromq::SocketOptions {
+    let mut options = zeromq::SocketOptions::default();
+    options.max_message_size((max_message as u64).saturating_add(TRANSPORT_SLACK));
+    options
+}
+
 /// The zeromq crate queues up to 100 000 messages per peer; charging every message at least
 /// budget / 50 000 bytes keeps its queues from filling (a full queue would block our sends).
 const MAX_MESSAGES_IN_FLIGHT: usize = 50_000;
@@ -44,9 +62,21 @@ pub struct Rejected {
 /// Check one message from the ROUTER socket: size, frames, signature, JSON, shape. Nothing here
 /// trusts the peer: every failure becomes a [`Rejected`], never a panic.
 pub fn check(msg: ZmqMessage, signer: &Signer, max_message: usize) -> Result<Checked, Rejected> {
+    let oversized = msg.oversized();
     let mut frames = msg.into_vec().into_iter();
     // The ROUTER socket puts the peer's identity first; it is always there.
     let identity = frames.next().unwrap_or_default();
+    if let Some(size) = oversized {
+        // The transport refused it from its frame headers and discarded it as it arrived.
+        return Err(Rejected {
+            identity,
+            id: None,
+            code: ErrorCode::TooLarge,
+            reason: format!(
+                "the message is {size} bytes; this host accepts at most {max_message} (--max-message); it was read and discarded as it arrived, not kept"
+            ),
+        });
+    }
     let frames: Vec<Bytes> = frames.collect();
     let reject = |code, reason: String, id: Option<String>| Rejected {
         identity: identity.clone(),
