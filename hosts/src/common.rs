@@ -73,27 +73,6 @@ pub fn log_allowed(target: &str, level: &tracing::Level) -> bool {
     true
 }
 
-#[cfg(test)]
-mod log_tests {
-    use super::log_allowed;
-    use tracing::Level;
-
-    #[test]
-    fn secret_bearing_targets_are_capped_whatever_the_filter() {
-        assert!(!log_allowed("rustyline", &Level::ERROR));
-        assert!(!log_allowed("rustyline::keymap", &Level::DEBUG));
-        assert!(!log_allowed("rmcp::service", &Level::DEBUG));
-        assert!(log_allowed("rmcp::service", &Level::INFO));
-        assert!(!log_allowed("bollard::docker", &Level::DEBUG));
-        assert!(!log_allowed("reqwest::connect::verbose", &Level::TRACE));
-        assert!(log_allowed("reqwest::connect", &Level::DEBUG));
-        assert!(!log_allowed("portable_pty::cmdbuilder", &Level::TRACE));
-        // Only whole path segments: a crate named like a prefix is not capped.
-        assert!(log_allowed("rustyline_extra", &Level::TRACE));
-        assert!(log_allowed("spindle::repl", &Level::TRACE));
-    }
-}
-
 /// Resolves when the process is asked to stop (SIGTERM, SIGINT or SIGHUP).
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -113,4 +92,25 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)))
         .build()?)
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::log_allowed;
+    use tracing::Level;
+
+    #[test]
+    fn secret_bearing_targets_are_capped_whatever_the_filter() {
+        assert!(!log_allowed("rustyline", &Level::ERROR));
+        assert!(!log_allowed("rustyline::keymap", &Level::DEBUG));
+        assert!(!log_allowed("rmcp::service", &Level::DEBUG));
+        assert!(log_allowed("rmcp::service", &Level::INFO));
+        assert!(!log_allowed("bollard::docker", &Level::DEBUG));
+        assert!(!log_allowed("reqwest::connect::verbose", &Level::TRACE));
+        assert!(log_allowed("reqwest::connect", &Level::DEBUG));
+        assert!(!log_allowed("portable_pty::cmdbuilder", &Level::TRACE));
+        // Only whole path segments: a crate named like a prefix is not capped.
+        assert!(log_allowed("rustyline_extra", &Level::TRACE));
+        assert!(log_allowed("spindle::repl", &Level::TRACE));
+    }
 }
