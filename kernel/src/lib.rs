@@ -18,6 +18,7 @@
 //! - [`images`]: checking image bytes and making downscaled copies.
 //! - [`options`]: kernel, session and execution settings.
 //! - [`files`]: files in and out of a session's work directory, confined to it.
+//! - [`tty_prompt`]: noticing a program that waits reading the terminal (a terminal prompt).
 //!
 //! The contract between the kernel and a bootstrap is `docs/child-protocol.md`.
 
@@ -30,6 +31,7 @@ pub mod launcher;
 pub mod options;
 pub mod registry;
 pub mod session;
+pub mod tty_prompt;
 
 pub use error::KernelError;
 pub use files::{FileEntry, FileKind, FilesError, Listing, WorkDir, WriteMode};

@@ -977,6 +977,21 @@ impl ProcessControl for DockerControl {
         Ok(())
     }
 
+    /// Terminal prompts: when the engine is on this machine the container's processes are in
+    /// our /proc (checked: the language process's cgroup names this container), and their
+    /// foreground group and terminal settings are read there.
+    fn tty_wait(&self) -> Option<crate::tty_prompt::TtyWait> {
+        if self.ended.load(Ordering::SeqCst) || self.removed.load(Ordering::SeqCst) {
+            return None;
+        }
+        let pid = self.pid()?;
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        if !cgroup.contains(&self.id) {
+            return None;
+        }
+        crate::tty_prompt::probe(pid as i32, None)
+    }
+
     /// `/work` inside the container, through execs (see [`files`]).
     fn work_dir(&self) -> Option<Arc<dyn crate::files::WorkDir>> {
         Some(Arc::new(files::ContainerWorkDir {

@@ -218,6 +218,13 @@ impl ProcessControl for LocalControl {
         }
     }
 
+    fn tty_wait(&self) -> Option<crate::tty_prompt::TtyWait> {
+        if self.reaped.load(Ordering::SeqCst) {
+            return None;
+        }
+        crate::tty_prompt::probe(self.pid? as i32, Some(self.master.as_raw_fd()))
+    }
+
     fn kill_all(&self) {
         if self.reaped.load(Ordering::SeqCst) {
             return; // swept when the leader ended; its pid may be someone else's now
@@ -230,11 +237,14 @@ impl ProcessControl for LocalControl {
 
 fn configure_terminal(fd: RawFd) {
     // No echo (what the host writes is input, not output) and no \n → \r\n translation.
+    // ECHOK and ECHOE stay on: inert without ECHO, they mark a password read when a program
+    // clears them (see `tty_prompt`).
     // SAFETY: termios calls on a descriptor we own; a zeroed termios is filled by tcgetattr.
     unsafe {
         let mut t: libc::termios = std::mem::zeroed();
         if libc::tcgetattr(fd, &mut t) == 0 {
-            t.c_lflag &= !(libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL | libc::ECHOCTL);
+            t.c_lflag &= !(libc::ECHO | libc::ECHONL | libc::ECHOCTL);
+            t.c_lflag |= crate::tty_prompt::MARKER;
             t.c_oflag &= !libc::ONLCR;
             libc::tcsetattr(fd, libc::TCSANOW, &t);
         }

@@ -100,6 +100,11 @@ pub trait ProcessControl: Send + Sync + std::fmt::Debug {
     fn work_dir(&self) -> Option<Arc<dyn crate::files::WorkDir>> {
         None
     }
+    /// A program of the process's terminal waiting in a read of it (a terminal prompt, see
+    /// [`crate::tty_prompt`]); `None` when there is none, or when this launcher cannot tell.
+    fn tty_wait(&self) -> Option<crate::tty_prompt::TtyWait> {
+        None
+    }
 }
 
 /// A started process and its streams.

@@ -2,6 +2,7 @@
 //! Output shaping (the ordered merge, blocks, the cap, publishing) is in `output`.
 
 mod output;
+pub(super) mod prompt;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -45,6 +46,8 @@ struct ExecState {
     open: Option<Body>,
     pending: Option<(ConsoleFormat, String)>,
     cap: Option<Cap>,
+    /// Terminal prompts: when to look, the prompt text (see `prompt`).
+    prompt: prompt::Watch,
 }
 
 struct Cap {
@@ -92,6 +95,7 @@ enum Ev {
     Deadline,
     Hold,
     Drained,
+    Prompt,
 }
 
 async fn maybe<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
@@ -139,6 +143,9 @@ impl Actor {
                 Some(cmd) => Ev::Cmd(Some(cmd)),
                 None => self.next_event().await,
             };
+            if matches!(ev, Ev::Pty(_) | Ev::Err(_) | Ev::Evt(_)) {
+                self.prompt_output_seen();
+            }
             match ev {
                 Ev::Cmd(None) => {
                     self.close().await;
@@ -171,6 +178,7 @@ impl Actor {
                     }
                 }
                 Ev::Drained => self.on_gone().await,
+                Ev::Prompt => self.on_prompt_timer().await,
             }
             self.flush_if_quiet().await;
             if let Some(p) = &self.proc {
@@ -186,6 +194,7 @@ impl Actor {
             Some(Current::Exec(e)) => e.deadline,
             _ => None,
         };
+        let prompt_at = self.prompt_at();
         let Some(p) = self.proc.as_mut() else {
             return Ev::Cmd(self.cmd_rx.recv().await);
         };
@@ -209,6 +218,7 @@ impl Actor {
             _ = sleep_opt(exec_deadline) => Ev::Deadline,
             _ = sleep_opt(hold_at) => Ev::Hold,
             _ = sleep_opt(drain_at) => Ev::Drained,
+            _ = sleep_opt(prompt_at) => Ev::Prompt,
         }
     }
 
@@ -237,6 +247,7 @@ impl Actor {
                 let r = self.restart("restarted on request").await;
                 let _ = done.send(r);
             }
+            Cmd::Notice(text) => self.notice(text).await,
             Cmd::Close(_) => unreachable!("handled in run"),
         }
     }
@@ -371,6 +382,7 @@ impl Actor {
             open: None,
             pending: None,
             cap,
+            prompt: prompt::Watch::new(opts.allow_stdin),
         }
     }
 
@@ -620,7 +632,7 @@ impl Actor {
                 Cmd::Close(tx) => {
                     let _ = tx.send(());
                 }
-                Cmd::Cancel(_) => {}
+                Cmd::Cancel(_) | Cmd::Notice(_) => {}
             }
         }
         self.abort_queue("the session was closed").await;

@@ -75,6 +75,8 @@ struct Shared {
     control: Option<Arc<dyn ProcessControl>>,
     req_tx: Option<std::sync::mpsc::Sender<Outbound>>,
     input_pending: bool,
+    /// When the pending input request is a terminal prompt: whose it is.
+    tty_input: Option<actor::prompt::TtyPending>,
     running: Option<String>,
 }
 
@@ -92,6 +94,8 @@ enum Cmd {
     Cancel(String),
     Restart(oneshot::Sender<Result<(), KernelError>>),
     Close(oneshot::Sender<()>),
+    /// A notice for the session's output (a terminal prompt's answer that was discarded).
+    Notice(String),
 }
 
 /// The chunk stream of one execution. Dropping it before it finishes interrupts the execution
@@ -176,6 +180,7 @@ impl Session {
                 control: None,
                 req_tx: None,
                 input_pending: false,
+                tty_input: None,
                 running: None,
             }),
             watch,
@@ -345,6 +350,32 @@ impl Session {
     /// Answer the pending `input_request`.
     pub fn input_reply(&self, value: &str) -> Result<(), KernelError> {
         let mut s = self.inner.shared.lock().expect("session state");
+        if let Some(tty) = s.tty_input.take() {
+            // A terminal prompt: the answer goes to the terminal, if its program still waits.
+            let running = s.running.clone();
+            let (pending, control) = (s.input_pending, s.control.clone());
+            let r = actor::prompt::reply(tty, pending, running.as_deref(), control.as_ref(), value);
+            if let Some(r) = r {
+                s.input_pending = false;
+                let bytes = match r {
+                    Ok(bytes) => bytes,
+                    Err(note) => {
+                        let _ = self.cmd_tx.send(Cmd::Notice(note));
+                        return Err(KernelError::NoPendingInput(self.inner.id.clone()));
+                    }
+                };
+                let tx = s
+                    .req_tx
+                    .clone()
+                    .ok_or_else(|| KernelError::Closed(self.inner.id.clone()))?;
+                return tx
+                    .send(Outbound {
+                        pty: bytes,
+                        ..Outbound::default()
+                    })
+                    .map_err(|_| KernelError::Closed(self.inner.id.clone()));
+            }
+        }
         if !s.input_pending {
             return Err(KernelError::NoPendingInput(self.inner.id.clone()));
         }

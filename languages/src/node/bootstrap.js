@@ -823,6 +823,24 @@ function input(promptText, opts) {
 }
 input.password = (promptText) => input(promptText, { password: true });
 
+// prompt(message, default) and confirm(message), as Deno and browsers have them, but awaited:
+// `await prompt('Name?', 'Ada')` is the answer, or the default when it is empty, or null when
+// this execution takes no input (allow_stdin false); `await confirm('Go on?')` is true for
+// y or yes (any case), false otherwise and when no input can be asked for.
+function prompt(message, defaultValue) {
+  const exec = current;
+  if (exec && !exec.allowStdin) return Promise.resolve(null);
+  const text = message === undefined ? 'Prompt' : String(message);
+  const def = defaultValue === undefined || defaultValue === null ? '' : String(defaultValue);
+  return input(`${text} ${def ? `[${def}] ` : ''}`).then((answer) => answer || def);
+}
+function confirm(message) {
+  const exec = current;
+  if (exec && !exec.allowStdin) return Promise.resolve(false);
+  const text = message === undefined ? 'Confirm' : String(message);
+  return input(`${text} [y/N] `).then((answer) => /^\s*y(es)?\s*$/i.test(answer));
+}
+
 function defineGlobal(name, value) {
   Object.defineProperty(globalThis, name, { value, writable: true, configurable: true, enumerable: false });
 }
@@ -831,6 +849,8 @@ defineGlobal(IMPORT_FN, userImport);
 defineGlobal('display', display);
 defineGlobal('clear_output', clear_output);
 defineGlobal('input', input);
+defineGlobal('prompt', prompt);
+defineGlobal('confirm', confirm);
 process.argv.splice(1);
 
 // ---------------------------------------------------------------------------------------------

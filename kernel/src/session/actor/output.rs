@@ -286,6 +286,7 @@ impl Actor {
             self.idle_console(format, text);
             return;
         };
+        ex.prompt.note(&text);
         if let Some(cap) = &mut ex.cap {
             if text.len() > cap.head_left {
                 let cut = floor_char_boundary(&text, cap.head_left);
@@ -337,7 +338,8 @@ impl Actor {
             None => true,
         };
         if quiet {
-            self.flush_pending().await;
+            // All but a trailing partial line, which may be a terminal prompt.
+            self.flush_quiet().await;
         }
     }
 
@@ -497,6 +499,7 @@ impl Actor {
                         return;
                     }
                     Some(Cmd::Cancel(id)) => self.unqueue(&id),
+                    Some(Cmd::Notice(text)) => self.deferred.push_back(Cmd::Notice(text)),
                     Some(cmd) => {
                         // Restart or close: stop waiting on this consumer and let the loop act.
                         self.deferred.push_back(cmd);
