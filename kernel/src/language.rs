@@ -41,6 +41,9 @@ pub enum ChildRequest {
         active_lines: bool,
         user_expressions: serde_json::Map<String, Value>,
         execution_count: u64,
+        /// The frontend's request, for the code to see (a Jupyter request's header: what
+        /// `get_ipython().kernel.get_parent()` returns in Python).
+        parent: Option<Value>,
     },
     InputReply {
         value: String,
@@ -60,6 +63,19 @@ pub enum ChildRequest {
         id: String,
         code: String,
     },
+    /// A comm message from the frontend, for the code's comm handlers. Like an execution it
+    /// ends with `done`, and what the handler prints belongs to it.
+    Comm {
+        id: String,
+        message: spindle_protocol::CommMessage,
+        parent: Option<Value>,
+    },
+    /// Which comms are open (those with `target_name`, or all); the reply is
+    /// `{"comms": {"<comm id>": {"target_name": "…"}}}`.
+    CommInfo {
+        id: String,
+        target_name: Option<String>,
+    },
 }
 
 impl ChildRequest {
@@ -69,7 +85,9 @@ impl ChildRequest {
             ChildRequest::Execute { id, .. }
             | ChildRequest::Complete { id, .. }
             | ChildRequest::Inspect { id, .. }
-            | ChildRequest::IsComplete { id, .. } => Some(id),
+            | ChildRequest::IsComplete { id, .. }
+            | ChildRequest::Comm { id, .. }
+            | ChildRequest::CommInfo { id, .. } => Some(id),
             ChildRequest::InputReply { .. } => None,
         }
     }
@@ -86,12 +104,19 @@ impl ChildRequest {
                 active_lines,
                 user_expressions,
                 execution_count,
-            } => serde_json::json!({
-                "op": "execute", "id": id, "code": code, "silent": silent,
-                "store_history": store_history, "allow_stdin": allow_stdin,
-                "active_lines": active_lines, "user_expressions": user_expressions,
-                "execution_count": execution_count,
-            }),
+                parent,
+            } => {
+                let mut v = serde_json::json!({
+                    "op": "execute", "id": id, "code": code, "silent": silent,
+                    "store_history": store_history, "allow_stdin": allow_stdin,
+                    "active_lines": active_lines, "user_expressions": user_expressions,
+                    "execution_count": execution_count,
+                });
+                if let Some(p) = parent {
+                    v["parent"] = p.clone();
+                }
+                v
+            }
             ChildRequest::InputReply { value } => {
                 serde_json::json!({"op": "input_reply", "value": value})
             }
@@ -111,6 +136,18 @@ impl ChildRequest {
                                     "cursor_pos": cursor_pos, "detail_level": detail_level}),
             ChildRequest::IsComplete { id, code } => {
                 serde_json::json!({"op": "is_complete", "id": id, "code": code})
+            }
+            ChildRequest::Comm {
+                id,
+                message,
+                parent,
+            } => serde_json::json!({
+                "op": "comm", "id": id, "msg_type": message.msg_type.msg_type(),
+                "content": message.jupyter_content(), "metadata": message.metadata,
+                "buffers": message.buffers, "parent": parent,
+            }),
+            ChildRequest::CommInfo { id, target_name } => {
+                serde_json::json!({"op": "comm_info", "id": id, "target_name": target_name})
             }
         };
         let mut line = serde_json::to_vec(&v).expect("plain JSON values serialise");
@@ -161,6 +198,13 @@ pub trait Language: Send + Sync + std::fmt::Debug + 'static {
     fn parse_raw_reply(&self, req: &ChildRequest, raw: &[u8]) -> Result<Value, LanguageError> {
         let _ = req;
         serde_json::from_slice(raw).map_err(|e| LanguageError::Other(format!("bad reply: {e}")))
+    }
+
+    /// Whether the bootstrap keeps a comm registry (Jupyter comms: `comm` and `comm_info`
+    /// requests, `comm` messages). Without one the kernel answers for it: no comms are open,
+    /// and a comm message cannot be delivered.
+    fn supports_comms(&self) -> bool {
+        false
     }
 
     /// Whether `active_line` tracking is available for this language.

@@ -19,8 +19,10 @@ pub struct KernelConfig {
     pub start_timeout: Duration,
     /// After a timeout's interrupt, how long to wait before killing and restarting.
     pub interrupt_grace: Duration,
-    /// Chunks a session keeps for slow watchers before they are told they lagged.
-    pub watch_capacity: usize,
+    /// Bytes of recent chunks each session keeps in its log, for watchers and replays (about
+    /// their JSON size; the newest chunk is always kept). A watcher that falls further behind
+    /// is told how many chunks it missed.
+    pub watch_log_bytes: usize,
     /// Terminal size given to every PTY (rows, cols).
     pub pty_size: (u16, u16),
 }
@@ -31,7 +33,7 @@ impl Default for KernelConfig {
             launcher: Arc::new(LocalPtyLauncher),
             start_timeout: Duration::from_secs(20),
             interrupt_grace: Duration::from_secs(2),
-            watch_capacity: 256,
+            watch_log_bytes: 64 << 20,
             pty_size: (24, 80),
         }
     }
@@ -91,6 +93,12 @@ pub struct ExecOptions {
     pub active_lines: bool,
     /// Expressions to evaluate after the code, by name.
     pub user_expressions: Map<String, Value>,
+    /// The frontend's request, handed to the code (a Jupyter host gives the request's header:
+    /// Python's `get_ipython().kernel.get_parent()`, which ipywidgets' Output widget reads).
+    pub parent: Option<Value>,
+    /// Hand this comm message to the code's comm handlers instead of running code (what
+    /// `Session::comm` sets): queued, interrupted and streamed like an execution, never counted.
+    pub comm: Option<spindle_protocol::CommMessage>,
 }
 
 impl Default for ExecOptions {
@@ -105,6 +113,8 @@ impl Default for ExecOptions {
             allow_stdin: true,
             active_lines: false,
             user_expressions: Map::new(),
+            parent: None,
+            comm: None,
         }
     }
 }
@@ -123,5 +133,10 @@ pub enum Query {
     },
     IsComplete {
         code: String,
+    },
+    /// The open comms, those with `target_name` or all: `{"comms": {"<id>": {"target_name":
+    /// "…"}}}`. A language without comms has none.
+    CommInfo {
+        target_name: Option<String>,
     },
 }

@@ -132,6 +132,12 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         content: Option<ClearOutput>,
     },
+    /// A Jupyter comm message from the session (`comm_open`, `comm_msg`, `comm_close`), such
+    /// as an ipywidgets model's state; see [`crate::comm`].
+    Comm {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content: Option<crate::comm::CommMessage>,
+    },
     /// Something the host says about the session, such as a restart after the process exited.
     Notice {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -206,6 +212,10 @@ pub struct Rich {
     /// True when this output replaces an earlier one with the same display id.
     #[serde(default, skip_serializing_if = "is_false")]
     pub update: bool,
+    /// Help text for a pager rather than the output area (IPython's `obj?`): Jupyter frontends
+    /// get it as a `page` payload of the execute reply, as ipykernel sends it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub page: bool,
     /// Image width in pixels, read from the image bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub width: Option<u32>,
@@ -365,6 +375,7 @@ impl Body {
             Body::Error { .. } => "error",
             Body::InputRequest { .. } => "input_request",
             Body::ClearOutput { .. } => "clear_output",
+            Body::Comm { .. } => "comm",
             Body::Notice { .. } => "notice",
             Body::Status { .. } => "status",
         }
@@ -392,6 +403,7 @@ impl Body {
             Body::Error { .. } => Body::Error { content: None },
             Body::InputRequest { .. } => Body::InputRequest { content: None },
             Body::ClearOutput { .. } => Body::ClearOutput { content: None },
+            Body::Comm { .. } => Body::Comm { content: None },
             Body::Notice { .. } => Body::Notice { content: None },
             Body::Status { format, .. } => Body::Status {
                 format: *format,

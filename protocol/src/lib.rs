@@ -12,9 +12,11 @@
 //! JSON Schemas of these types are generated with `schemars` and checked in under `schemas/`.
 
 pub mod chunk;
+pub mod comm;
 pub mod conversation;
 pub mod native;
 pub mod session;
 
 pub use chunk::*;
+pub use comm::{CommKind, CommMessage};
 pub use session::*;
