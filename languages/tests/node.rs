@@ -260,10 +260,19 @@ async fn interrupt_unblocks_a_busy_timer_between_cells() {
     let c = tokio::time::timeout(Duration::from_secs(10), exec.collect::<Vec<_>>())
         .await
         .expect("the cell ran after the interrupt");
-    assert!(
-        matches!(outcome(&c), Outcome::Ok | Outcome::Interrupted),
-        "{c:#?}"
-    );
+    // The interrupt stopped the timer, and the cell waiting behind it ran, whole: its result
+    // is there. (Today the same SIGINT also reaches the main thread's handler once the cell
+    // has started, so the cell is then reported as interrupted after its result; that is the
+    // only extra allowed.)
+    assert_eq!(result(&c).as_deref(), Some("2"), "{c:#?}");
+    match outcome(&c) {
+        Outcome::Ok => assert!(errors(&c).is_empty(), "{c:#?}"),
+        Outcome::Interrupted => {
+            let names: Vec<String> = errors(&c).into_iter().map(|(n, _)| n).collect();
+            assert_eq!(names, ["Interrupted"], "{c:#?}");
+        }
+        other => panic!("the cell ran after the interrupt, not {other:?}: {c:#?}"),
+    }
     assert_eq!(result(&run(&s, "alive").await).as_deref(), Some("1"));
 }
 

@@ -342,9 +342,23 @@ async fn matplotlib_show_gives_a_png_of_the_figure_size() {
     assert_eq!(imgs.len(), 1);
     assert_eq!(png_size(&imgs[0].1), (200, 150));
     assert_eq!(result_text(&run(&s, "len(plt.get_fignums())").await), "0");
-    // The backend does not leak into subprocesses, which have no `spindle_inline`.
+    // The bootstrap handed matplotlib Spindle's backend...
+    assert_eq!(
+        result_text(&run(&s, "import matplotlib; matplotlib.get_backend()").await),
+        "'module://spindle_inline'"
+    );
+    // ...but it does not leak into subprocesses, which have no `spindle_inline`: neither in
+    // `os.environ` nor in what a child process inherits.
     let chunks = run(&s, "import os; os.environ.get('MPLBACKEND')").await;
     assert!(result(&chunks).is_none(), "{chunks:#?}");
+    let chunks = run(
+        &s,
+        "import subprocess, sys\nprint(subprocess.run([sys.executable, '-c', \
+         'import os; print(repr(os.environ.get(\"MPLBACKEND\")))'], capture_output=True, \
+         text=True).stdout, end='')",
+    )
+    .await;
+    assert_eq!(stdout(&chunks), "None\n", "{chunks:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

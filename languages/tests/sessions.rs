@@ -487,25 +487,55 @@ async fn regression_dropping_every_handle_ends_the_process() {
     assert!(!pid_alive(pid), "process {pid} outlived every handle");
 }
 
+/// What an execute sent while `close` runs must get: either a refusal that says the session is
+/// closed, or an execution that ends with its `finished` chunk (run, or aborted by the close).
+async fn execute_during_close(s: &Session) -> Result<Vec<Chunk>, KernelError> {
+    let exec = s.execute("echo hi", ExecOptions::default())?;
+    let chunks = tokio::time::timeout(Duration::from_secs(10), exec.collect::<Vec<_>>())
+        .await
+        .expect("an accepted execution is answered");
+    let last = chunks.last().expect("at least the finished chunk");
+    assert!(
+        last.is_finished(),
+        "an accepted execution ends with `finished`: {chunks:#?}"
+    );
+    match finished(&chunks).outcome {
+        Some(Outcome::Ok) => assert_eq!(stdout(&chunks), "hi\n", "{chunks:#?}"),
+        Some(Outcome::Aborted) => {}
+        other => panic!("an execution racing close ran or was aborted, not {other:?}"),
+    }
+    Ok(chunks)
+}
+
 #[tokio::test]
 async fn regression_execute_racing_close_is_always_answered() {
     let kernel = Kernel::new(common::config());
+    // Before the close: accepted and run. After it: refused as closed.
     let s = session(&kernel, "bash").await;
-    let closer = {
-        let s = s.clone();
-        tokio::spawn(async move { s.close().await })
-    };
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    if let Ok(exec) = s.execute("echo hi", ExecOptions::default()) {
-        let chunks = tokio::time::timeout(Duration::from_secs(10), exec.collect::<Vec<_>>())
-            .await
-            .unwrap();
-        assert!(
-            chunks.last().is_some_and(|c| c.is_finished()),
-            "an accepted execution ends with `finished`: {chunks:#?}"
-        );
+    let ran = execute_during_close(&s)
+        .await
+        .expect("an open session runs code");
+    assert_eq!(finished(&ran).outcome, Some(Outcome::Ok));
+    s.close().await;
+    match execute_during_close(&s).await {
+        Err(KernelError::Closed(id)) => assert_eq!(id, s.id()),
+        other => panic!("execute after close is refused as closed, not {other:?}"),
     }
-    closer.await.unwrap();
+    // During it, at several points of the close: one of the two, never a hang or silence.
+    for delay_us in [0, 200, 1000, 3000, 5000, 10000] {
+        let s = session(&kernel, "bash").await;
+        let closer = {
+            let s = s.clone();
+            tokio::spawn(async move { s.close().await })
+        };
+        tokio::time::sleep(Duration::from_micros(delay_us)).await;
+        match execute_during_close(&s).await {
+            Ok(_) => {}
+            Err(KernelError::Closed(id)) => assert_eq!(id, s.id()),
+            Err(other) => panic!("execute racing close failed with {other:?}"),
+        }
+        closer.await.unwrap();
+    }
 }
 
 #[tokio::test]
