@@ -9,6 +9,8 @@
 //! | error | `error` (the first; later ones go to stderr so a reply has exactly one) |
 //! | notice | `stream` on stderr |
 //! | input_request | `input_request` on the stdin channel, to the client that asked |
+//! | comm | `comm_open`, `comm_msg`, `comm_close` with buffers (see `comm.rs`), silent or not |
+//! | a display marked `page` (`obj?`, `%pinfo`) | a `page` payload of `execute_reply`, as ipykernel sends help |
 
 use std::collections::HashMap;
 
@@ -151,6 +153,10 @@ impl Mapper {
             }
             Body::Notice {
                 content: Some(text),
+            Body::Comm { content: Some(c) } => {
+                // Comm traffic is not output: it goes out for silent executions too.
+                super::comm::publish(server, &self.parent, c).await;
+            }
             } => {
                 self.stream(server, Stdio::Stderr, text + "\n").await;
             }
@@ -329,6 +335,8 @@ pub(crate) async fn run(server: &Server, req: &Request, r: &ExecuteRequest, abor
             let id = uuid::Uuid::new_v4().to_string();
             server.mark_ours(&id);
             server.set_own_busy(true);
+                // The request's header, for get_parent() (ipywidgets' Output widget).
+                parent: serde_json::from_slice(parent).ok(),
             let opts = ExecOptions {
                 id: Some(id),
                 silent: r.silent,

@@ -12,6 +12,7 @@
 //! Both run the same server ([`server`]): wire format in [`wire`], executions in [`execute`],
 //! history in [`history`].
 
+mod comm;
 mod execute;
 mod history;
 pub mod kernelspec;
@@ -107,7 +108,10 @@ async fn run_kernel(
         launcher,
         ..KernelConfig::default()
     }));
-    let spec = SessionSpec::new(language.clone());
+    let mut spec = SessionSpec::new(language.clone());
+    // The code can tell a Jupyter frontend renders its output (tqdm.auto picks its widget bar).
+    spec.env
+        .insert("SPINDLE_FRONTEND".to_string(), "jupyter".to_string());
     let (slot_tx, _) = watch::channel(None);
     // The interpreter starts while the sockets are bound.
     let starter = {

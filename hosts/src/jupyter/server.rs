@@ -23,10 +23,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use jupyter_protocol::{
-    CodeMirrorMode, CommInfoReply, CompleteReply, ConnectionInfo, DebugReply, ExecutionState,
-    HelpLink, HistoryEntry, HistoryReply, HistoryRequest, InspectReply, InterruptReply,
-    IoPubWelcome, IsCompleteReply, IsCompleteReplyStatus, JupyterMessageContent, KernelInfoReply,
-    LanguageInfo, Media, MediaType, ReplyError, ReplyStatus, ShutdownReply, Status,
+    CodeMirrorMode, CompleteReply, ConnectionInfo, DebugReply, ExecutionState, HelpLink,
+    HistoryEntry, HistoryReply, HistoryRequest, InspectReply, InterruptReply, IoPubWelcome,
+    IsCompleteReply, IsCompleteReplyStatus, JupyterMessageContent, KernelInfoReply, LanguageInfo,
+    Media, MediaType, ReplyError, ReplyStatus, ShutdownReply, Status,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -418,6 +418,11 @@ impl Server {
         let _ = self.iopub.send(msg).await;
     }
 
+    /// Publish a message already built (with buffers, say).
+    pub(crate) async fn publish_built(&self, msg: ZmqMessage) {
+        let _ = self.iopub.send(msg).await;
+    }
+
     /// Publish content that is already JSON.
     pub(crate) async fn publish_raw(&self, parent: &Bytes, msg_type: &str, content: Bytes) {
         let msg = self
@@ -549,15 +554,13 @@ impl Server {
                 let reply = self.history_reply(r).await;
                 self.reply(chan, req, "history_reply", &reply).await;
             }
-            JupyterMessageContent::CommInfoRequest(_) => {
-                self.reply(chan, req, "comm_info_reply", &CommInfoReply::default())
-                    .await;
+            JupyterMessageContent::CommInfoRequest(r) => {
+                let reply = super::comm::info(self, r.target_name.clone()).await;
+                self.reply(chan, req, "comm_info_reply", &reply).await;
             }
             JupyterMessageContent::CommOpen(_)
             | JupyterMessageContent::CommMsg(_)
-            | JupyterMessageContent::CommClose(_) => {
-                tracing::debug!(msg_type = %req.msg_type, "comms are not supported; ignored");
-            }
+            | JupyterMessageContent::CommClose(_) => super::comm::deliver(self, req).await,
             JupyterMessageContent::InterruptRequest(_) => {
                 let result = match self.session_now() {
                     Some(s) => s.interrupt().map_err(|e| e.to_string()),

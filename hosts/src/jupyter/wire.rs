@@ -56,6 +56,10 @@ pub struct Request {
     pub msg_type: String,
     /// The content, or why it could not be read as the type's struct.
     pub content: Result<JupyterMessageContent, String>,
+    /// The metadata frame as received (comm messages carry a protocol version there).
+    pub metadata: Bytes,
+    /// Binary buffers after the content (comm messages of widgets), unsigned as in Jupyter.
+    pub buffers: Vec<Bytes>,
 }
 
 /// A header read leniently: only `msg_id` and `msg_type` are required.
@@ -107,6 +111,8 @@ pub fn parse(msg: ZmqMessage, signer: &Signer) -> Result<Request, WireError> {
         msg_id,
         msg_type,
         content,
+        metadata: metadata.clone(),
+        buffers: rest[5..].to_vec(),
     })
 }
 
@@ -227,6 +233,30 @@ impl Wire {
         frames.push(parent.clone());
         frames.push(Bytes::from_static(metadata));
         frames.push(content);
+        ZmqMessage::try_from(frames).expect("frames are never empty")
+    }
+
+    /// A signed message with its own metadata frame and binary buffers after the content (a
+    /// comm message: buffers are not signed, as in Jupyter).
+    pub fn build_with_buffers(
+        &self,
+        mut frames: Vec<Bytes>,
+        msg_type: &str,
+        parent: &Bytes,
+        metadata: Bytes,
+        content: Bytes,
+        buffers: Vec<Bytes>,
+    ) -> ZmqMessage {
+        let header = serde_json::to_vec(&self.header(msg_type)).expect("a header serialises");
+        let sig = self.signer.sign(&[&header, parent, &metadata, &content]);
+        frames.reserve(6 + buffers.len());
+        frames.push(Bytes::from_static(DELIMITER));
+        frames.push(Bytes::from(sig));
+        frames.push(Bytes::from(header));
+        frames.push(parent.clone());
+        frames.push(metadata);
+        frames.push(content);
+        frames.extend(buffers);
         ZmqMessage::try_from(frames).expect("frames are never empty")
     }
 

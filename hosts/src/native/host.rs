@@ -611,6 +611,7 @@ impl Host {
         let id = e.session.id().to_string();
         if self.entries.remove(&id).is_none() {
             return; // someone else is closing it
+            ..ExecOptions::default()
         }
         self.names.remove_if(&e.name, |_, v| *v == id);
         {

@@ -394,7 +394,7 @@ impl Actor {
         tx: mpsc::Sender<Chunk>,
     ) {
         self.close_idle_block();
-        let counts = opts.store_history && !opts.silent;
+        let counts = opts.store_history && !opts.silent && opts.comm.is_none();
         let count = {
             let mut s = self.inner.shared.lock().expect("session state");
             if counts {
@@ -405,15 +405,23 @@ impl Actor {
             s.execution_count
         };
         let mut ex = self.new_exec(id.clone(), &opts, tx, count);
-        let req = ChildRequest::Execute {
-            id,
-            code,
-            silent: opts.silent,
-            store_history: opts.store_history,
-            allow_stdin: opts.allow_stdin,
-            active_lines: opts.active_lines && self.inner.language.supports_active_lines(),
-            user_expressions: opts.user_expressions.clone(),
-            execution_count: count.max(1),
+        let req = match opts.comm.clone() {
+            Some(message) => ChildRequest::Comm {
+                id,
+                message,
+                parent: opts.parent.clone(),
+            },
+            None => ChildRequest::Execute {
+                id,
+                code,
+                silent: opts.silent,
+                store_history: opts.store_history,
+                allow_stdin: opts.allow_stdin,
+                active_lines: opts.active_lines && self.inner.language.supports_active_lines(),
+                user_expressions: opts.user_expressions.clone(),
+                execution_count: count.max(1),
+                parent: opts.parent.clone(),
+            },
         };
         self.emit_exec_start(&mut ex).await;
         match self.inner.language.encode(&req) {
@@ -538,6 +546,7 @@ impl Actor {
                     ChildRequest::Complete { .. } => "complete",
                     ChildRequest::Inspect { .. } => "inspect",
                     _ => "is_complete",
+                    ChildRequest::CommInfo { .. } => "comm_info",
                 };
                 let _ = q.tx.send(Err(KernelError::Died {
                     language: self.inner.language.name().to_string(),

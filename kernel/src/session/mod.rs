@@ -256,6 +256,26 @@ impl Session {
     /// Ask the session a question (completion, inspection, is-complete).
     pub async fn query(&self, query: Query) -> Result<Value, KernelError> {
         self.ensure_open()?;
+    /// Hand a comm message from a frontend to the code's comm handlers (languages with comms:
+    /// Python, Node). It is queued in order with executions and runs like one (interruptible,
+    /// never counted); the stream carries what the handler printed, displayed and sent.
+    pub fn comm(
+        &self,
+        message: spindle_protocol::CommMessage,
+        mut opts: ExecOptions,
+    ) -> Result<Execution, KernelError> {
+        if !self.inner.language.supports_comms() {
+            return Err(crate::language::LanguageError::Unsupported(format!(
+                "{} has no comms",
+                self.inner.language.name()
+            ))
+            .into());
+        }
+        opts.comm = Some(message);
+        opts.store_history = false;
+        self.execute("comm", opts)
+    }
+
         let id = uuid::Uuid::new_v4().to_string();
         let req = match query {
             Query::Complete { code, cursor_pos } => ChildRequest::Complete {
@@ -277,6 +297,7 @@ impl Session {
         };
         let (tx, rx) = oneshot::channel();
         self.inner.shared.lock().expect("session state").queued += 1;
+            Query::CommInfo { target_name } => ChildRequest::CommInfo { id, target_name },
         self.cmd_tx
             .send(Cmd::Query { req, tx })
             .map_err(|_| KernelError::Closed(self.inner.id.clone()))?;

@@ -97,6 +97,9 @@ impl Language for Bash {
                 encode_query(id, "inspect", format!("{detail_level}\n{word}"))
             }
             ChildRequest::IsComplete { id, code } => encode_query(id, "is_complete", code.clone()),
+            ChildRequest::Comm { .. } | ChildRequest::CommInfo { .. } => Err(
+                LanguageError::Unsupported("bash has no comms (Jupyter comm messages)".into()),
+            ),
         }
     }
 
@@ -304,6 +307,7 @@ mod tests {
             active_lines: false,
             user_expressions: Map::new(),
             execution_count: 1,
+            parent: None,
         }
     }
 
@@ -354,6 +358,7 @@ mod tests {
             active_lines: true,
             user_expressions: ue,
             execution_count: 1,
+            parent: None,
         };
         let out = bash().encode(&req).unwrap();
         let line = String::from_utf8(out.pty).unwrap();

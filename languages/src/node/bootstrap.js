@@ -849,6 +849,13 @@ defineGlobal(IMPORT_FN, userImport);
 defineGlobal('display', display);
 defineGlobal('clear_output', clear_output);
 defineGlobal('input', input);
+// Jupyter comms (spindle_comm.js beside this file in the run directory), loaded on first use.
+let commsLoaded = null;
+function comms() {
+  if (!commsLoaded) commsLoaded = require(path.join(path.dirname(BOOTSTRAP_FILE), 'spindle_comm.js'))({ message, sendDone, reply });
+  return commsLoaded;
+}
+Object.defineProperty(globalThis, 'comm', { get: () => comms().api, set(v) { Object.defineProperty(globalThis, 'comm', { value: v, writable: true, configurable: true }); }, configurable: true, enumerable: false });
 defineGlobal('prompt', prompt);
 defineGlobal('confirm', confirm);
 process.argv.splice(1);
@@ -1452,6 +1459,10 @@ function handle(req) {
       break;
     case 'is_complete':
       reply(String(req.id), isComplete(req));
+      break;
+    case 'comm':
+    case 'comm_info':
+      comms().handle(req);
       break;
     default:
       if (req.id !== undefined) {

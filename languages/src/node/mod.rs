@@ -19,6 +19,10 @@ use crate::Interpreters;
 /// The bootstrap that runs inside the child, embedded at build time.
 pub const BOOTSTRAP: &str = include_str!("bootstrap.js");
 
+/// The comm registry (Jupyter comms, the `comm` global), written beside the bootstrap as
+/// `spindle_comm.js` and loaded on first use.
+pub const COMM: &str = include_str!("spindle_comm.js");
+
 /// Name of the bootstrap file in the run directory.
 pub const BOOTSTRAP_FILE: &str = "node_bootstrap.js";
 
@@ -38,6 +42,10 @@ impl Language for Node {
         "node"
     }
 
+    fn supports_comms(&self) -> bool {
+        true
+    }
+
     fn launch(&self, ctx: &LaunchContext) -> Result<LaunchSpec, LanguageError> {
         let resolved = self.interpreters.resolve("node")?;
         let script = ctx.run_dir.join(BOOTSTRAP_FILE);
@@ -54,7 +62,10 @@ impl Language for Node {
                 script.to_string(),
             ],
             env: Default::default(),
-            files: vec![(BOOTSTRAP_FILE.into(), BOOTSTRAP.as_bytes().to_vec())],
+            files: vec![
+                (BOOTSTRAP_FILE.into(), BOOTSTRAP.as_bytes().to_vec()),
+                ("spindle_comm.js".into(), COMM.as_bytes().to_vec()),
+            ],
         })
     }
 

@@ -714,6 +714,25 @@ def _patch_ipython_display(mod):
     for name, fn in (
         ("display", display),
         ("publish_display_data", _publish_display_data),
+def _comms():
+    """The comm registry (spindle_comm.py in the run directory), loaded on first need."""
+    mod = sys.modules.get("_spindle_comm")
+    if mod is None:
+        import importlib.util
+
+        path = os.path.join(os.environ.get("SPINDLE_RUNDIR", ""), "spindle_comm.py")
+        spec = importlib.util.spec_from_file_location("_spindle_comm", path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["_spindle_comm"] = mod
+        try:
+            spec.loader.exec_module(mod)
+            mod._bind(_G)
+        except BaseException:
+            del sys.modules["_spindle_comm"]
+            raise
+    return mod
+
+
         ("clear_output", _clear_output),
         ("update_display", _update_display),
     ):
@@ -739,6 +758,8 @@ def _b64(data):
     import base64
 
     return base64.b64encode(bytes(data)).decode("ascii")
+    "comm": lambda mod: _comms().hook_comm(mod),
+    "tqdm.autonotebook": lambda mod: _comms().hook_tqdm_autonotebook(mod),
 
 
 def _encode_value(mime, value):
@@ -1109,8 +1130,12 @@ def _handle(req):
     except BaseException as e:
         S.executing = False
         try:
+        if op in ("execute", "comm"):
+            S.parent = req.get("parent")  # the frontend's request (a Jupyter header): get_parent()
             if isinstance(e, KeyboardInterrupt):
                 _report_exception(e)
+        elif op in ("comm", "comm_info"):
+            _comms().handle(op, req)
                 status = "interrupted"
             else:
                 _report_internal(e, "request failed")

@@ -13,6 +13,10 @@ use crate::Interpreters;
 /// The bootstrap that runs inside the child, embedded at build time.
 pub const BOOTSTRAP: &str = include_str!("bootstrap.py");
 
+/// The comm registry (Jupyter comms, what ipywidgets plugs into), written into the run directory
+/// as `spindle_comm.py`; the bootstrap's `_comms()` loads it on first need.
+pub const COMM: &str = include_str!("spindle_comm.py");
+
 /// The matplotlib backend the bootstrap provides (a module it registers in `sys.modules`).
 pub const MPL_BACKEND: &str = "module://spindle_inline";
 
@@ -32,6 +36,10 @@ impl Language for Python {
         "python"
     }
 
+    fn supports_comms(&self) -> bool {
+        true
+    }
+
     fn launch(&self, ctx: &LaunchContext) -> Result<LaunchSpec, LanguageError> {
         let resolved = self.interpreters.resolve("python")?;
         let mut env = HashMap::new();
@@ -45,7 +53,7 @@ impl Language for Python {
             program: resolved.path,
             args: vec!["-c".to_string(), BOOTSTRAP.to_string()],
             env,
-            files: Vec::new(),
+            files: vec![("spindle_comm.py".to_string(), COMM.as_bytes().to_vec())],
         })
     }
 }

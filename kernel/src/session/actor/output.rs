@@ -170,6 +170,14 @@ impl Actor {
                 .await;
             }
             "clear_output" => {
+            "comm" => match serde_json::from_value::<spindle_protocol::CommMessage>(v) {
+                Ok(m) => {
+                    self.block(Body::Comm { content: Some(m) }).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed comm message from the bootstrap ignored")
+                }
+            },
                 self.block(Body::ClearOutput {
                     content: Some(ClearOutput {
                         wait: v["wait"].as_bool().unwrap_or(false),
