@@ -15,6 +15,8 @@ need=()
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v bash >/dev/null 2>&1 || need+=(bash)
+# Debian's chromium, for the JupyterLab widget test (Playwright drives it; it downloads no browser).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if ((${#need[@]})); then
   say "installing ${need[*]} with apt-get"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
