@@ -180,15 +180,22 @@ class Pane:
             return []
 
     def close(self):
+        """End tmux; every process the command started must end with it. Returns the ones still
+        alive 10 s later (zombies excepted), described, after killing them: a caller fails on
+        a non-empty list, and nothing leaks into the next test either way."""
         procs = self.processes()
         self._tmux("kill-server", check=False)
         # tmux leaves its socket file behind.
         if self.socket_path.startswith("/"):
             pathlib.Path(self.socket_path).unlink(missing_ok=True)
         _, alive = psutil.wait_procs(procs, timeout=10)
+        left = []
         for p in alive:
             try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"pid {p.pid} ({p.status()}): {' '.join(p.cmdline())}")
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(alive, timeout=5)
+        return left

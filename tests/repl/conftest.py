@@ -2,8 +2,8 @@
 
 `Pane` (tests/tmux_pane.py, shared with tests/llm) starts the REPL in a detached tmux session,
 types with `send-keys`, and reads the screen with `capture-pane`, polling with time limits (never
-sleeping blindly). Every process the test started (tmux, the REPL, its language sessions) is gone
-when the fixture ends.
+sleeping blindly). Every process the test started (tmux, the REPL, its language sessions) must be
+gone 10 s after tmux is: the fixture fails naming any that is not (and kills it).
 """
 import pathlib
 import sys
@@ -41,8 +41,10 @@ def start_repl(tmux, spindle_bin, repl_env, tmp_path):
         return pane
 
     yield start
+    left = []
     for p in panes:
-        p.close()
+        left += p.close()
+    assert not left, "the REPL left processes behind (now killed): " + "; ".join(left)
 
 
 @pytest.fixture

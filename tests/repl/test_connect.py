@@ -64,18 +64,37 @@ def start_server(spindle_bin, env, conn_file, log):
     return proc
 
 
-def stop_server(proc):
-    if proc.poll() is None:
-        kids = psutil.Process(proc.pid).children(recursive=True)
-        proc.send_signal(signal.SIGTERM)
+def survivors(kids, timeout):
+    """Wait up to `timeout` s for `kids` to end; kill the ones still alive (zombies excepted:
+    they are dead) and return them described, so the caller fails with a clear message and no
+    process leaks into the next test."""
+    _, alive = psutil.wait_procs(kids, timeout=timeout)
+    left = []
+    for p in alive:
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        _, alive = psutil.wait_procs(kids, timeout=5)
-        for p in alive:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"pid {p.pid} ({p.status()}): {' '.join(p.cmdline())}")
             p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    return left
+
+
+def stop_server(proc):
+    """SIGTERM; the server and every process it started must be gone 15 s later."""
+    if proc.poll() is not None:
+        return []
+    kids = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    left = []
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        left.append(f"spindle serve itself (pid {proc.pid}) did not exit on SIGTERM")
+        proc.kill()
+        proc.wait(timeout=5)
+    return left + survivors(kids, 5)
 
 
 @pytest.fixture
@@ -88,29 +107,28 @@ def server(spindle_bin, test_env, tmp_path):
         conn_file = conn
 
         def stop(self):
-            stop_server(procs[-1])
+            left = stop_server(procs[-1])
+            assert not left, f"spindle serve left processes behind (now killed): {left}"
 
         def crash(self):
-            """SIGKILL: no goodbye to clients. Its sessions are killed too."""
+            """SIGKILL: no goodbye to clients. Its sessions must die with it, within 2 s."""
             proc = procs[-1]
             kids = psutil.Process(proc.pid).children(recursive=True)
             proc.kill()
             proc.wait(timeout=5)
-            for k in kids:
-                try:
-                    k.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(kids, timeout=5)
             conn.unlink(missing_ok=True)
+            left = survivors(kids, 2)
+            assert not left, f"a killed spindle serve left processes behind (now killed): {left}"
 
         def restart(self):
             procs.append(start_server(spindle_bin, test_env, conn, log))
 
     yield Server()
+    left = []
     for p in procs:
-        stop_server(p)
+        left += stop_server(p)
     log.close()
+    assert not left, f"spindle serve left processes behind (now killed): {left}"
 
 
 def test_connect_runs_code_on_the_server(start_repl, server, workdir):
