@@ -1,5 +1,6 @@
 //! Core figures per language, through the kernel API with real interpreters:
-//! start-to-ready, a trivial execution's round trip, and 20 MB of stdout (checked byte for byte).
+//! start-to-ready, a trivial execution's round trip, and 20 MB of stdout (compared byte for byte
+//! with what the code writes; a lost, doubled or changed byte fails the run).
 //!
 //! `cargo bench -p spindle-languages --bench core` (add `-- python` to pick languages).
 
@@ -13,23 +14,30 @@ struct Case {
     lang: &'static str,
     trivial: &'static str,
     stream: &'static str,
+    /// The stream's stdout is this unit repeated, cut to 20 MB.
+    unit: &'static str,
 }
+
+const STREAM_BYTES: usize = 20_000_000;
 
 const CASES: [Case; 3] = [
     Case {
         lang: "python",
         trivial: "1+1",
         stream: "import sys; _ = sys.stdout.write('x' * 20_000_000)",
+        unit: "x",
     },
     Case {
         lang: "bash",
         trivial: "true",
         stream: "yes xxxxxxxxx | head -c 20000000",
+        unit: "xxxxxxxxx\n",
     },
     Case {
         lang: "node",
         trivial: "1+1",
         stream: "process.stdout.write('x'.repeat(20000000)); undefined",
+        unit: "x",
     },
 ];
 
@@ -51,9 +59,10 @@ async fn new_session(kernel: &Kernel, lang: &str) -> Session {
         .expect("session")
 }
 
-async fn stdout_bytes(s: &Session, code: &str) -> usize {
+/// Everything the execution wrote to stdout.
+async fn stdout_text(s: &Session, code: &str) -> String {
     let mut exec = s.execute(code, ExecOptions::default()).expect("execute");
-    let mut n = 0;
+    let mut text = String::new();
     while let Some(c) = exec.next().await {
         if let Body::Console {
             format: ConsoleFormat::Stdout,
@@ -61,10 +70,36 @@ async fn stdout_bytes(s: &Session, code: &str) -> usize {
             ..
         } = &c.body
         {
-            n += t.len();
+            text.push_str(t);
         }
     }
-    n
+    text
+}
+
+/// What the stream must deliver, byte for byte.
+fn expected_stream(unit: &str) -> String {
+    let mut want = unit.repeat(STREAM_BYTES / unit.len() + 1);
+    want.truncate(STREAM_BYTES);
+    want
+}
+
+/// Panics unless `got` is exactly `want`, saying where they first differ.
+fn check_lossless(lang: &str, got: &str, want: &str) {
+    if got == want {
+        return;
+    }
+    let at = got
+        .bytes()
+        .zip(want.bytes())
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    panic!(
+        "{lang}: the stream is not byte-exact: {} bytes of {}, first difference at byte {at} ({:?} instead of {:?})",
+        got.len(),
+        want.len(),
+        got.get(at..(at + 16).min(got.len())).unwrap_or(""),
+        want.get(at..(at + 16).min(want.len())).unwrap_or(""),
+    );
 }
 
 async fn bench(case: &Case) {
@@ -80,21 +115,23 @@ async fn bench(case: &Case) {
     }
     let s = new_session(&kernel, case.lang).await;
     for _ in 0..30 {
-        stdout_bytes(&s, case.trivial).await;
+        stdout_text(&s, case.trivial).await;
     }
     let mut rtts = Vec::new();
     for _ in 0..300 {
         let t = Instant::now();
-        stdout_bytes(&s, case.trivial).await;
+        stdout_text(&s, case.trivial).await;
         rtts.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    let want = expected_stream(case.unit);
     let mut rates = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
-        let n = stdout_bytes(&s, case.stream).await;
+        let got = stdout_text(&s, case.stream).await;
         let secs = t.elapsed().as_secs_f64();
-        assert_eq!(n, 20_000_000, "{}: stream lost bytes", case.lang);
-        rates.push(n as f64 / secs / 1e6);
+        // Compared outside the timing: every byte, in order, not just how many.
+        check_lossless(case.lang, &got, &want);
+        rates.push(got.len() as f64 / secs / 1e6);
     }
     println!(
         "{:<7} ready median {:>7.1} ms | rtt median {:>6.3} ms p99 {:>6.3} ms | 20 MB stdout {:>6.1} MB/s (best {:.1}), lossless",
