@@ -41,6 +41,25 @@ fi
 export PATH="$ROOT/.venv/bin:$PATH"
 export SPINDLE_TEST_PYTHON="$ROOT/.venv/bin/python"
 
+# --- a second venv without IPython: Python sessions must not need it (README) --------------------
+# Only what the parity notebooks use (tests/requirements-noipy.txt); never IPython or ipykernel.
+if [ ! -x .venv-noipy/bin/python ]; then
+  say "creating .venv-noipy with $BASE_PY"
+  "$BASE_PY" -m venv .venv-noipy
+fi
+stamp=.venv-noipy/.requirements.sha
+want=$(sha256sum tests/requirements-noipy.txt | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "installing tests/requirements-noipy.txt into .venv-noipy"
+  .venv-noipy/bin/python -m pip install -q --disable-pip-version-check -r tests/requirements-noipy.txt
+  echo "$want" > "$stamp"
+fi
+if .venv-noipy/bin/python -c 'import IPython' 2>/dev/null; then
+  echo "error: .venv-noipy must not have IPython (tests/requirements-noipy.txt pulled it in)" >&2
+  exit 1
+fi
+export SPINDLE_TEST_NOIPY_PYTHON="$ROOT/.venv-noipy/bin/python"
+
 # --- the Docker sandbox image (for --sandbox docker and its tests) -------------------------------
 # SPINDLE_TEST_DOCKER=0 skips everything that needs a Docker engine.
 export SPINDLE_TEST_DOCKER=${SPINDLE_TEST_DOCKER:-1}
@@ -61,6 +80,8 @@ say "cargo build --release"
 cargo build --release --workspace -q
 say "cargo test"
 cargo test --release --workspace
+say "cargo test: the Python language tests again, on an interpreter without IPython"
+SPINDLE_PYTHON="$SPINDLE_TEST_NOIPY_PYTHON" cargo test --release -p spindle-languages --test python
 if [ "$SPINDLE_TEST_DOCKER" != 0 ]; then
   say "cargo test: the language behaviour tests again, in the Docker sandbox"
   SPINDLE_TEST_LAUNCHER=docker cargo test --release -p spindle-languages \

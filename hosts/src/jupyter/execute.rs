@@ -23,7 +23,7 @@ use jupyter_protocol::{
     StreamContent, Transient, UpdateDisplayData,
 };
 use serde_json::{Map, Value};
-use spindle_kernel::{ExecOptions, Query};
+use spindle_kernel::ExecOptions;
 use spindle_protocol::{Body, Chunk, ConsoleFormat, Outcome, Rich, StatusContent, StatusFormat};
 
 use super::server::{media, Server};
@@ -40,6 +40,8 @@ pub(crate) struct Mapper {
     pub finished: Option<StatusContent>,
     /// `text/plain` of the result, for the history's output.
     pub result_text: Option<String>,
+    /// Help for the pager (`obj?`): `page` payloads of the reply.
+    pub pages: Vec<Payload>,
 }
 
 impl Mapper {
@@ -51,6 +53,7 @@ impl Mapper {
             started_count: None,
             finished: None,
             result_text: None,
+            pages: Vec::new(),
         }
     }
 
@@ -126,7 +129,12 @@ impl Mapper {
                     traceback: e.traceback,
                 };
                 if self.error.is_none() {
-                    if !self.silent {
+                    if out.ename == "UsageError" && server.lang.spindle == "python" {
+                        // A magic used wrongly: ipykernel prints it on stderr, no traceback
+                        // output, and the reply still says error.
+                        let text = format!("UsageError: {}\n", out.evalue);
+                        self.stream(server, Stdio::Stderr, text).await;
+                    } else if !self.silent {
                         server.publish(&self.parent, "error", &out).await;
                     }
                     self.error = Some(out);
@@ -145,6 +153,10 @@ impl Mapper {
                     password: r.password,
                 });
             }
+            Body::Comm { content: Some(c) } => {
+                // Comm traffic is not output: it goes out for silent executions too.
+                super::comm::publish(server, &self.parent, c).await;
+            }
             Body::ClearOutput { content } if !self.silent => {
                 let wait = content.is_some_and(|c| c.wait);
                 server
@@ -153,10 +165,6 @@ impl Mapper {
             }
             Body::Notice {
                 content: Some(text),
-            Body::Comm { content: Some(c) } => {
-                // Comm traffic is not output: it goes out for silent executions too.
-                super::comm::publish(server, &self.parent, c).await;
-            }
             } => {
                 self.stream(server, Stdio::Stderr, text + "\n").await;
             }
@@ -165,8 +173,15 @@ impl Mapper {
         None
     }
 
-    async fn display(&self, server: &Server, r: Rich) {
+    async fn display(&mut self, server: &Server, r: Rich) {
         if self.silent {
+            return;
+        }
+        if r.page {
+            self.pages.push(Payload::Page {
+                data: media(r.bundle),
+                start: 0,
+            });
             return;
         }
         match (r.update, r.display_id) {
@@ -228,29 +243,6 @@ fn user_expressions(map: Option<Map<String, Value>>) -> HashMap<String, Expressi
         .collect()
 }
 
-/// `print?`, `?print`, `os.path??`: an object to show in the pager (Python only), with the
-/// detail level.
-fn pager_target(code: &str) -> Option<(String, u8)> {
-    let t = code.trim();
-    if t.contains('\n') {
-        return None;
-    }
-    let detail = if t.ends_with("??") || t.starts_with("??") {
-        1
-    } else if t.ends_with('?') || t.starts_with('?') {
-        0
-    } else {
-        return None;
-    };
-    let name = t.trim_matches('?').trim();
-    let ok = !name.is_empty()
-        && !name.starts_with(|c: char| c.is_ascii_digit() || c == '.')
-        && name
-            .chars()
-            .all(|c| c.is_alphanumeric() || c == '_' || c == '.');
-    ok.then(|| (name.to_string(), detail))
-}
-
 /// Serve one execute request (busy, work, reply, idle). Returns true when it failed and asked
 /// for the queue behind it to be aborted (`stop_on_error`).
 pub(crate) async fn execute(server: &Server, req: &Request, abort: bool) -> bool {
@@ -301,10 +293,6 @@ pub(crate) async fn run(server: &Server, req: &Request, r: &ExecuteRequest, abor
         return false;
     }
     if server.lang.spindle == "python" {
-        if let Some((name, detail)) = pager_target(code) {
-            pager(server, req, r, &name, detail).await;
-            return false;
-        }
         if matches!(code.trim(), "exit" | "quit" | "exit()" | "quit()") {
             // As IPython does: ask the frontend to leave (and stop the kernel it started)
             // rather than end the session's process under it.
@@ -335,8 +323,6 @@ pub(crate) async fn run(server: &Server, req: &Request, r: &ExecuteRequest, abor
             let id = uuid::Uuid::new_v4().to_string();
             server.mark_ours(&id);
             server.set_own_busy(true);
-                // The request's header, for get_parent() (ipywidgets' Output widget).
-                parent: serde_json::from_slice(parent).ok(),
             let opts = ExecOptions {
                 id: Some(id),
                 silent: r.silent,
@@ -349,6 +335,8 @@ pub(crate) async fn run(server: &Server, req: &Request, r: &ExecuteRequest, abor
                     .into_iter()
                     .map(|(k, v)| (k, Value::String(v)))
                     .collect(),
+                // The request's header, for get_parent() (ipywidgets' Output widget).
+                parent: serde_json::from_slice(parent).ok(),
                 ..ExecOptions::default()
             };
             match session.execute(code, opts) {
@@ -437,7 +425,7 @@ pub(crate) async fn run(server: &Server, req: &Request, r: &ExecuteRequest, abor
     } else {
         None
     };
-    let reply = reply(status, count, vec![], exprs, error);
+    let reply = reply(status, count, std::mem::take(&mut m.pages), exprs, error);
     server
         .reply(super::server::Chan::Shell, req, "execute_reply", &reply)
         .await;
@@ -450,62 +438,9 @@ pub(crate) async fn run(server: &Server, req: &Request, r: &ExecuteRequest, abor
     failed
 }
 
-/// `name?`: inspect it and return the text as a `page` payload, as IPython does.
-async fn pager(server: &Server, req: &Request, r: &ExecuteRequest, name: &str, detail: u8) {
-    let parent = &req.header_raw;
-    let count = server.count_now();
-    if !r.silent {
-        let input = ExecuteInput {
-            code: r.code.clone(),
-            execution_count: ExecutionCount::new(count as usize),
-        };
-        server.publish(parent, "execute_input", &input).await;
-    }
-    let found = server
-        .query(Query::Inspect {
-            code: name.to_string(),
-            cursor_pos: name.chars().count(),
-            detail_level: detail,
-        })
-        .await;
-    let mut payload = vec![];
-    match found {
-        Ok(v) if v["found"].as_bool() == Some(true) => payload.push(Payload::Page {
-            data: media(v["data"].as_object().cloned().unwrap_or_default()),
-            start: 0,
-        }),
-        other => {
-            if let Err(e) = other {
-                tracing::debug!(error = %e, "inspect for the pager failed");
-            }
-            if !r.silent {
-                let text = format!("Object `{name}` not found.\n");
-                server
-                    .publish(parent, "stream", &StreamContent::stderr(&text))
-                    .await;
-            }
-        }
-    }
-    let reply = reply(ReplyStatus::Ok, count, payload, HashMap::new(), None);
-    server
-        .reply(super::server::Chan::Shell, req, "execute_reply", &reply)
-        .await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pager_targets() {
-        assert_eq!(pager_target("print?"), Some(("print".into(), 0)));
-        assert_eq!(pager_target("  os.path?? "), Some(("os.path".into(), 1)));
-        assert_eq!(pager_target("?zip"), Some(("zip".into(), 0)));
-        assert_eq!(pager_target("a = b ? c"), None);
-        assert_eq!(pager_target("x = 1\nprint?"), None);
-        assert_eq!(pager_target("?"), None);
-        assert_eq!(pager_target("1?"), None);
-    }
 
     #[test]
     fn expressions_convert_or_report() {

@@ -73,6 +73,11 @@ class _State:
         self.stdout = None
         self.stderr = None
         self.stdin = None
+        self.rundir = ""
+        self.cell = None  # the `<cell-N>` name of the cell running now
+        self.magics = None  # the IPython-syntax module (magics.py), loaded on first need
+        self.shell = None  # what get_ipython() returns, once made
+        self.pub = None  # the shell's own display publisher (a capture swaps in another)
 
 
 S = _State()
@@ -709,11 +714,6 @@ def _patch_matplotlib(mod):
         mod.rcParams["backend"] = _MPL_BACKEND
 
 
-def _patch_ipython_display(mod):
-    # `from IPython.display import display, HTML, clear_output` then reaches Spindle.
-    for name, fn in (
-        ("display", display),
-        ("publish_display_data", _publish_display_data),
 def _comms():
     """The comm registry (spindle_comm.py in the run directory), loaded on first need."""
     mod = sys.modules.get("_spindle_comm")
@@ -733,6 +733,11 @@ def _comms():
     return mod
 
 
+def _patch_ipython_display(mod):
+    # `from IPython.display import display, HTML, clear_output` then reaches Spindle.
+    for name, fn in (
+        ("display", display),
+        ("publish_display_data", _publish_display_data),
         ("clear_output", _clear_output),
         ("update_display", _update_display),
     ):
@@ -740,13 +745,21 @@ def _comms():
             setattr(mod, name, fn)
 
 
+def _patch_getipython(mod):
+    # IPython.get_ipython() gives the session's shell (made on first call), as in a kernel.
+    mod.get_ipython = _get_ipython
+
+
 _HOOKS = {
+    "IPython.core.getipython": _patch_getipython,
     "subprocess": _patch_subprocess,
     "getpass": _patch_getpass,
     "matplotlib": _patch_matplotlib,
     "IPython.core.display_functions": _patch_ipython_display,
     "IPython.core.display": _patch_ipython_display,
     "IPython.display": _patch_ipython_display,
+    "comm": lambda mod: _comms().hook_comm(mod),
+    "tqdm.autonotebook": lambda mod: _comms().hook_tqdm_autonotebook(mod),
 }
 
 
@@ -758,8 +771,6 @@ def _b64(data):
     import base64
 
     return base64.b64encode(bytes(data)).decode("ascii")
-    "comm": lambda mod: _comms().hook_comm(mod),
-    "tqdm.autonotebook": lambda mod: _comms().hook_tqdm_autonotebook(mod),
 
 
 def _encode_value(mime, value):
@@ -919,15 +930,7 @@ def display(
         if metadata:
             md = dict(md)
             md.update(metadata)
-        _emit(
-            {
-                "type": "display",
-                "data": data,
-                "metadata": md,
-                "display_id": display_id,
-                "update": bool(update),
-            }
-        )
+        _show(data, md, display_id, update)
     if display_id is not None:
         return DisplayHandle(display_id)
     return None
@@ -943,6 +946,14 @@ def display_file(path, mime=None):
 
         mime = mimetypes.guess_type(p)[0] or "application/octet-stream"
     _emit({"type": "file", "path": p, "mime": str(mime)})
+
+
+def _show(data, md, display_id, update):
+    pub = getattr(S.shell, "display_pub", None)
+    if pub is not None and pub is not S.pub:  # a capture (%%capture, capture_output) is on
+        pub.publish(data, md, transient={"display_id": display_id} if display_id else {}, update=bool(update))
+        return
+    _emit({"type": "display", "data": data, "metadata": md, "display_id": display_id, "update": bool(update)})
 
 
 def _publish_display_data(data, metadata=None, source=None, *, transient=None, **kwargs):
@@ -1119,8 +1130,12 @@ def _handle(req):
         if not isinstance(req, dict):
             raise ValueError("a request must be a JSON object, got %r" % (req,))
         op = req.get("op")
+        if op in ("execute", "comm"):
+            S.parent = req.get("parent")  # the frontend's request (a Jupyter header): get_parent()
         if op == "execute":
             _execute(req)
+        elif op in ("comm", "comm_info"):
+            _comms().handle(op, req)
         elif op in ("complete", "inspect", "is_complete"):
             _query(op, req)
         elif op == "input_reply":
@@ -1130,12 +1145,8 @@ def _handle(req):
     except BaseException as e:
         S.executing = False
         try:
-        if op in ("execute", "comm"):
-            S.parent = req.get("parent")  # the frontend's request (a Jupyter header): get_parent()
             if isinstance(e, KeyboardInterrupt):
                 _report_exception(e)
-        elif op in ("comm", "comm_info"):
-            _comms().handle(op, req)
                 status = "interrupted"
             else:
                 _report_internal(e, "request failed")
@@ -1164,7 +1175,8 @@ def _main():
 def _strip_tb(tb):
     keep = []
     while tb is not None:
-        if tb.tb_frame.f_globals is not _G:
+        g = tb.tb_frame.f_globals
+        if g is not _G and not g.get("__spindle_hidden__"):
             keep.append(tb)
         tb = tb.tb_next
     new = None
@@ -1203,6 +1215,8 @@ def _exc_fields(e, strip=True):
 
 def _report_exception(e):
     ename, evalue, tb = _exc_fields(e)
+    if ename == "UsageError":  # a magic used wrongly: the message says it all (as IPython)
+        tb = ["UsageError: %s" % evalue]
     sys.last_type, sys.last_value, sys.last_traceback = type(e), e, e.__traceback__
     _emit({"type": "error", "ename": ename, "evalue": evalue, "traceback": tb})
 
@@ -1299,6 +1313,8 @@ def _run_cell(src, count, silent, active_lines):
     import ast
 
     name = _register_source(src, count)
+    S.cell = name
+    src = _ipython_syntax(src)
     tree = compile(src, name, "exec", S.cflags | ast.PyCF_ONLY_AST, True)
     expr = None
     if tree.body and isinstance(tree.body[-1], ast.Expr) and not silent:
@@ -1324,6 +1340,69 @@ def _run_cell(src, count, silent, active_lines):
         if _mpl_figure(value) is not None:
             S.result_figs = (id(value),)
         _emit({"type": "result", "data": data, "metadata": md})
+
+
+# ---------------------------------------------------------------------------------------------
+# IPython syntax (magics, !cmd, obj?) and get_ipython(): magics.py, loaded on first need
+
+
+def _may_be_ipython(src):
+    """A cheap look for IPython syntax: %, ! or ? at a line's start, ? at its end, `= !`."""
+    if "%" not in src and "!" not in src and "?" not in src:
+        return False
+    for line in src.split("\n"):
+        s = line.strip()
+        if not s:
+            continue
+        if s[0] in "%!?" or s[-1] == "?":
+            return True
+        i = s.find("=")
+        if i > 0 and s[i + 1 : i + 2] != "=" and s[i + 1 :].lstrip()[:1] in ("!", "%"):
+            return True
+    return False
+
+
+def _ipython_syntax(src):
+    """The cell as Python: IPython syntax transformed (line numbers kept), Python unchanged."""
+    if not _may_be_ipython(src):
+        return src
+    import ast
+
+    try:
+        compile(src, "<check>", "exec", S.cflags | ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, True)
+        return src  # valid Python: nothing for IPython to transform
+    except (SyntaxError, ValueError):
+        pass
+    return _magics().transform(src)
+
+
+def _load_sidecar(name):
+    """A module the kernel wrote beside the FIFOs (`spindle_<name>.py` in the run directory)."""
+    import importlib.util
+
+    path = os.path.join(S.rundir, "spindle_%s.py" % name)
+    spec = importlib.util.spec_from_file_location("_spindle_" + name, path)
+    if spec is None or not os.path.exists(path):
+        raise ImportError("Spindle's %s module is missing from the run directory (%s)" % (name, path))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _magics():
+    if S.magics is None:
+        mod = _load_sidecar("magics")
+        mod.setup(_G)
+        S.magics = mod
+    return S.magics
+
+
+def _get_ipython():
+    """The session's shell: IPython's (adapted to Spindle) when IPython is importable, else a
+    small one of Spindle's with run_line_magic, run_cell_magic, system, user_ns, display_pub
+    and kernel."""
+    return _magics().shell()
 
 
 def _user_expressions(exprs):
@@ -1620,6 +1699,7 @@ def _start():
         sys.stderr.write("spindle: SPINDLE_EVT and SPINDLE_REQ must be set; this is Spindle's bootstrap\n")
         os._exit(2)
     S.nonce = env.get("SPINDLE_NONCE", "").encode()
+    S.rundir = env.get("SPINDLE_RUNDIR", "")
     S.pty = os.dup(1)
     S.err = os.dup(2)
     # Read-write: the host opens its writer only after `ready`, and fails if no reader exists.
@@ -1651,6 +1731,7 @@ def _start():
     builtins.input = _input
     builtins.display = display
     builtins.display_file = display_file
+    builtins.get_ipython = _get_ipython
 
     signal.signal(signal.SIGINT, _on_sigint)
     _start_sigwatch()

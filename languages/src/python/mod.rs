@@ -3,6 +3,10 @@
 //! The interpreter runs `python -c <bootstrap>`: like the REPL, `sys.path[0]` is then the
 //! working directory, so the user's modules import as they would interactively. The bootstrap
 //! (`bootstrap.py` beside this file) needs only the standard library of CPython ≥ 3.8.
+//!
+//! IPython syntax (magics, `!cmd`, `obj?`, `get_ipython()`) lives in `magics.py`, written into
+//! the run directory as `spindle_magics.py` and imported by the bootstrap the first time a cell
+//! needs it, so sessions that never use it start as fast as before.
 
 use std::collections::HashMap;
 
@@ -12,6 +16,13 @@ use crate::Interpreters;
 
 /// The bootstrap that runs inside the child, embedded at build time.
 pub const BOOTSTRAP: &str = include_str!("bootstrap.py");
+
+/// IPython syntax for the bootstrap: IPython's own transformers and magics when IPython is
+/// importable, else a built-in subset. Loaded lazily from the run directory.
+pub const MAGICS: &str = include_str!("magics.py");
+
+/// The file name of [`MAGICS`] in the run directory (the bootstrap's `_load_sidecar("magics")`).
+pub const MAGICS_FILE: &str = "spindle_magics.py";
 
 /// The comm registry (Jupyter comms, what ipywidgets plugs into), written into the run directory
 /// as `spindle_comm.py`; the bootstrap's `_comms()` loads it on first need.
@@ -53,7 +64,10 @@ impl Language for Python {
             program: resolved.path,
             args: vec!["-c".to_string(), BOOTSTRAP.to_string()],
             env,
-            files: vec![("spindle_comm.py".to_string(), COMM.as_bytes().to_vec())],
+            files: vec![
+                (MAGICS_FILE.to_string(), MAGICS.as_bytes().to_vec()),
+                ("spindle_comm.py".to_string(), COMM.as_bytes().to_vec()),
+            ],
         })
     }
 }

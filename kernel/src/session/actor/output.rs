@@ -137,6 +137,7 @@ impl Actor {
                     metadata: v["metadata"].as_object().cloned().unwrap_or_default(),
                     display_id: v["display_id"].as_str().map(str::to_string),
                     update: v["update"].as_bool().unwrap_or(false),
+                    page: v["page"].as_bool().unwrap_or(false),
                     ..Rich::default()
                 };
                 self.rich(rich, kind == "result").await;
