@@ -295,7 +295,7 @@ impl Actor {
             self.idle_console(format, text);
             return;
         };
-        ex.prompt.note(&text);
+        ex.prompt.note(format, &text);
         if let Some(cap) = &mut ex.cap {
             if text.len() > cap.head_left {
                 let cut = floor_char_boundary(&text, cap.head_left);

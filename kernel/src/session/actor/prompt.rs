@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use spindle_protocol::{Body, InputRequest};
+use spindle_protocol::{Body, ConsoleFormat, InputRequest};
 use tokio::time::Instant;
 
 use super::{Actor, Current};
@@ -47,10 +47,12 @@ pub(in crate::session) struct Watch {
     /// When to look next.
     at: Option<Instant>,
     gap: Duration,
-    /// The trailing partial line of the console output so far (at most [`MAX_PROMPT`]).
-    tail: String,
-    /// Whether `tail` was cut to [`MAX_PROMPT`] (then it is no prompt).
-    tail_cut: bool,
+    /// The trailing partial line of each console stream so far (at most [`MAX_PROMPT`];
+    /// `None` once longer: then it is no prompt), stdout then stderr, and which was written
+    /// last. Per stream, because the two may arrive out of step (a sandbox's terminal comes
+    /// through the engine, its stderr through a FIFO).
+    tails: [Option<String>; 2],
+    last: usize,
     /// Since when the pending console text's partial line is held back.
     held_since: Option<Instant>,
     /// A wait seen once, to be confirmed.
@@ -65,8 +67,8 @@ impl Watch {
             allow_stdin,
             at: Some(Instant::now() + QUIET),
             gap: QUIET,
-            tail: String::new(),
-            tail_cut: false,
+            tails: [Some(String::new()), Some(String::new())],
+            last: 0,
             held_since: None,
             seen: None,
             told_eof: false,
@@ -74,19 +76,34 @@ impl Watch {
     }
 
     /// Console text went out (or into the pending buffer): keep the trailing partial line.
-    pub(in crate::session) fn note(&mut self, text: &str) {
+    pub(in crate::session) fn note(&mut self, format: ConsoleFormat, text: &str) {
+        let i = usize::from(format == ConsoleFormat::Stderr);
+        self.last = i;
+        let tail = &mut self.tails[i];
         match text.rfind('\n') {
-            Some(i) => {
-                self.tail.clear();
-                self.tail_cut = false;
-                self.tail.push_str(&text[i + 1..]);
+            Some(at) => *tail = Some(text[at + 1..].to_string()),
+            None => {
+                if let Some(t) = tail {
+                    t.push_str(text);
+                }
             }
-            None => self.tail.push_str(text),
         }
-        if self.tail.len() > MAX_PROMPT {
-            self.tail.clear();
-            self.tail_cut = true;
+        if tail.as_ref().is_some_and(|t| t.len() > MAX_PROMPT) {
+            *tail = None;
         }
+    }
+
+    /// The prompt: the partial line of the stream written last, or else of the other one.
+    fn take_prompt(&mut self) -> String {
+        let (a, b) = (self.last, 1 - self.last);
+        let pick = match (&self.tails[a], &self.tails[b]) {
+            (Some(t), _) if !t.is_empty() => a,
+            (_, Some(t)) if !t.is_empty() => b,
+            _ => a,
+        };
+        let prompt = self.tails[pick].take().unwrap_or_default();
+        self.tails = [Some(String::new()), Some(String::new())];
+        prompt
     }
 }
 
@@ -154,8 +171,12 @@ impl Actor {
     /// The streams are quiet: emit the pending console text, but hold back its trailing
     /// partial line (a prompt, maybe) for up to [`QUIET`].
     pub(super) async fn flush_quiet(&mut self) {
-        let Some(Current::Exec(mut ex)) = self.current.take() else {
-            return self.flush_pending().await;
+        let mut ex = match self.current.take() {
+            Some(Current::Exec(ex)) => ex,
+            other => {
+                self.current = other;
+                return;
+            }
         };
         let now = Instant::now();
         // Held for at most QUIET, or while a wait seen is being confirmed.
@@ -286,11 +307,7 @@ impl Actor {
             }
             return;
         }
-        let prompt = if ex.prompt.tail_cut {
-            String::new()
-        } else {
-            std::mem::take(&mut ex.prompt.tail)
-        };
+        let prompt = ex.prompt.take_prompt();
         // What is held back is the prompt: it goes in the request, not in the console.
         if ex.prompt.held_since.take().is_some() {
             if let Some((_, t)) = &ex.pending {
