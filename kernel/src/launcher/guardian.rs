@@ -219,11 +219,10 @@ mod tests {
     #[test]
     fn the_guardian_holds_no_descriptor_but_its_pipe() {
         let (pipe, mut guardian) = spawn().unwrap();
-        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", guardian.id()))
+        let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", guardian.id()))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        let mut fds = fds;
         fds.sort();
         assert_eq!(fds, ["0", "1", "2"]);
         // SAFETY: getsid on a pid.
