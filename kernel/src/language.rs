@@ -67,7 +67,7 @@ pub enum ChildRequest {
     /// ends with `done`, and what the handler prints belongs to it.
     Comm {
         id: String,
-        message: spindle_protocol::CommMessage,
+        message: Box<spindle_protocol::CommMessage>,
         parent: Option<Value>,
     },
     /// Which comms are open (those with `target_name`, or all); the reply is

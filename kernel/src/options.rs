@@ -98,7 +98,7 @@ pub struct ExecOptions {
     pub parent: Option<Value>,
     /// Hand this comm message to the code's comm handlers instead of running code (what
     /// `Session::comm` sets): queued, interrupted and streamed like an execution, never counted.
-    pub comm: Option<spindle_protocol::CommMessage>,
+    pub comm: Option<Box<spindle_protocol::CommMessage>>,
 }
 
 impl Default for ExecOptions {

@@ -271,7 +271,7 @@ impl Session {
             ))
             .into());
         }
-        opts.comm = Some(message);
+        opts.comm = Some(Box::new(message));
         opts.store_history = false;
         self.execute("comm", opts)
     }
