@@ -292,21 +292,21 @@ pub(crate) async fn run(server: &Server, req: &Request, r: &ExecuteRequest, abor
             .await;
         return false;
     }
-    if server.lang.spindle == "python" {
-        if matches!(code.trim(), "exit" | "quit" | "exit()" | "quit()") {
-            // As IPython does: ask the frontend to leave (and stop the kernel it started)
-            // rather than end the session's process under it.
-            let count = server.count_now();
-            if !r.silent {
-                server.publish(parent, "execute_input", &input(count)).await;
-            }
-            let payload = vec![Payload::AskExit { keepkernel: false }];
-            let reply = reply(ReplyStatus::Ok, count, payload, no_exprs(), None);
-            server
-                .reply(super::server::Chan::Shell, req, "execute_reply", &reply)
-                .await;
-            return false;
+    if server.lang.spindle == "python"
+        && matches!(code.trim(), "exit" | "quit" | "exit()" | "quit()")
+    {
+        // As IPython does: ask the frontend to leave (and stop the kernel it started) rather
+        // than end the session's process under it.
+        let count = server.count_now();
+        if !r.silent {
+            server.publish(parent, "execute_input", &input(count)).await;
         }
+        let payload = vec![Payload::AskExit { keepkernel: false }];
+        let reply = reply(ReplyStatus::Ok, count, payload, no_exprs(), None);
+        server
+            .reply(super::server::Chan::Shell, req, "execute_reply", &reply)
+            .await;
+        return false;
     }
     let mut m = super::execute::Mapper::new(parent.clone(), r.silent);
     let fail = |m: &mut Mapper, ename: &str, evalue: String| {
