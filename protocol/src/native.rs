@@ -63,6 +63,10 @@ pub struct ConnectionInfo {
     /// was never parsed) and its connection stays up. The transport also counts 64 bytes per
     /// frame, so a message of very many small frames is refused the same way.
     pub max_message: u64,
+    /// Bytes of recent chunks the host keeps per session for `replay` (`--replay-log`); the
+    /// oldest go first. 0 when the host does not say.
+    #[serde(default)]
+    pub replay_log: u64,
     /// Version of the native protocol.
     pub protocol_version: u32,
     /// Process id of the host.
@@ -133,6 +137,25 @@ pub enum RequestBody {
     /// instead of `session`, and the answer is a `conversation` reply. Session ids and names
     /// come first; a conversation cannot take a live session's id or name, nor the reverse.
     Watch { session: String },
+    /// The session's chunks from `from_seq` on, to this client only (as replies, not events):
+    /// for a client that reconnects after its connection broke, or that attaches late. The
+    /// host keeps each session's recent chunks in a log bounded in bytes (`replay_log` in the
+    /// connection file; the oldest go first). Answered by a `missed` reply first when chunks
+    /// from `from_seq` on are no longer kept (its `count` says how many; the next chunk is the
+    /// oldest kept), then `chunk` replies in `seq` order, byte for byte as they were first
+    /// sent, then a `replayed` reply. With `follow` (the default), live chunks follow the kept
+    /// ones until the running execution's `status`/`finished` chunk (at once when nothing
+    /// runs). A client that reads too slowly gets `missed` replies where the log dropped
+    /// chunks before they could be sent; `replayed.next_seq` is where to replay from next.
+    Replay {
+        /// Session id or name.
+        session: String,
+        /// The `seq` of the first chunk wanted (0: everything kept).
+        #[serde(default)]
+        from_seq: u64,
+        #[serde(default = "yes")]
+        follow: bool,
+    },
     /// A Jupyter connection file for this session, so Jupyter clients can attach to it.
     /// Answered by an `attach` reply.
     Attach { session: String },
@@ -395,10 +418,17 @@ pub enum ReplyBody {
     },
     /// The client read too slowly and `count` chunks of this execution (or items of this chat)
     /// were dropped for it (they were still published to subscribers). For a chat, `session`
-    /// is the conversation id.
+    /// is the conversation id. In a `replay`: `count` chunks the session's log no longer kept
+    /// (the oldest go first); the next chunk sent follows the gap.
     Missed {
         session: String,
         count: u64,
+    },
+    /// The end of a `replay`: every chunk before `next_seq` was sent (or counted in a
+    /// `missed` reply); replay from `next_seq` to go on.
+    Replayed {
+        session: String,
+        next_seq: u64,
     },
     /// One item of a chat's conversation; the last one of a chat is its `done` item.
     Item {
@@ -564,7 +594,11 @@ pub enum Event {
     Item { item: Item },
     /// `count` chunks of the session (or items, under a conversation's topic) were not
     /// published because the host's event buffer was full (a subscriber fell behind); `seq`
-    /// numbers show where. `session` is the topic: a session id or a conversation id.
+    /// numbers show where. `session` is the topic: a session id or a conversation id. It comes
+    /// just before the next chunk published, so the chunks received and the counts add up to
+    /// every `seq`; after a gap the host goes on with current chunks, not a backlog (a
+    /// subscriber that stalled receives at most the event buffer of old ones). `replay`
+    /// fetches missed chunks the session's log still keeps.
     Missed { session: String, count: u64 },
     /// The session was closed (on request, or because the host stopped).
     Closed { session: String, reason: String },

@@ -11,8 +11,7 @@ use serde_json::json;
 use spindle_kernel::{ExecOptions, Kernel, KernelConfig, KernelError, Session, SessionSpec};
 use spindle_languages::Interpreters;
 use spindle_protocol::native::{ErrorCode, Execute, ReplyBody, RequestBody};
-use spindle_protocol::{Chunk, SessionInfo};
-use tokio::sync::broadcast;
+use spindle_protocol::SessionInfo;
 
 use crate::repl::backend::{BackendError, ChunkStream};
 use crate::repl::remote::{execution_stream, remote_error, Conn, QUICK, SLOW};
@@ -217,7 +216,7 @@ impl Sessions {
     }
 
     /// Every chunk of an embedded session (`None` with `--connect`).
-    pub(crate) fn subscribe(&self, id: &str) -> Option<broadcast::Receiver<Chunk>> {
+    pub(crate) fn subscribe(&self, id: &str) -> Option<spindle_kernel::session::Watcher> {
         self.handle(id).map(|s| s.subscribe())
     }
 

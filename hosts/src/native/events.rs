@@ -1,11 +1,19 @@
-//! Events on the PUB socket: one relay task per session turns its chunk broadcast into signed
-//! `chunk` events under the session id as topic, and says how much a subscriber missed instead
-//! of letting buffers grow.
+//! Events on the PUB socket: one relay task per session turns its chunks into signed `chunk`
+//! events under the session id as topic, and says how much a subscriber missed instead of
+//! letting buffers grow. Also [`replay`]: a session's log, from a `seq` on, as replies to one
+//! client.
 //!
-//! Two things can make events go missing, and both become a `missed` event with the count:
-//! the relay itself falling behind the session's broadcast (`RecvError::Lagged`), and the event
-//! budget staying full because some subscriber stopped reading (ZeroMQ's PUB keeps a queue per
-//! subscriber; the budget caps what all of them together can pin).
+//! Every buffer between a session and a subscriber counts bytes: the session's log (its
+//! `--replay-log` budget; the relay is only a cursor into it, see
+//! `spindle_kernel::session::Watcher`) and the event budget (ZeroMQ's PUB keeps a queue per
+//! subscriber; the budget caps what all of them together can pin). So whatever subscribers do,
+//! the host holds at most those budgets plus a chunk in flight per relay.
+//!
+//! Two things can make events go missing, and both become a `missed` event with the count
+//! just before the next chunk published: the log dropping chunks before the relay read them,
+//! and the event budget staying full because some subscriber stopped reading. In the second
+//! case the relay skips to the newest chunk (everything it skipped counts as missed), so a
+//! subscriber that comes back gets current chunks after at most the event budget of old ones.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,14 +22,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use spindle_protocol::native::Event;
+use spindle_kernel::session::{Watched, Watcher};
+use spindle_kernel::Session;
+use spindle_protocol::native::{Event, Reply, ReplyBody};
 use spindle_protocol::Chunk;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use zeromq::{PubSocket, Socket, SocketEvent, SocketSend, ZmqMessage};
 
 use crate::auth::Signer;
-use crate::native::wire::{Budget, Wait};
+use crate::native::wire::{Budget, Client, Sent, Wait};
 
 /// How long a relay waits for event budget before it starts counting chunks as missed.
 const PATIENCE: Duration = Duration::from_millis(100);
@@ -100,7 +110,7 @@ impl Events {
 pub fn spawn_relay(
     events: Events,
     session: String,
-    rx: broadcast::Receiver<Chunk>,
+    rx: Watcher,
     stop: oneshot::Receiver<String>,
 ) -> JoinHandle<()> {
     tokio::spawn(
@@ -125,22 +135,17 @@ struct Relay {
 }
 
 impl Relay {
-    async fn run(
-        mut self,
-        mut rx: broadcast::Receiver<Chunk>,
-        mut stop: oneshot::Receiver<String>,
-    ) {
+    async fn run(mut self, mut rx: Watcher, mut stop: oneshot::Receiver<String>) {
         loop {
             tokio::select! {
                 biased;
                 reason = &mut stop => {
                     let reason = reason.unwrap_or_else(|_| "the session was closed".into());
-                    // Whatever the session said while closing is already in the channel.
-                    loop {
-                        match rx.try_recv() {
-                            Ok(chunk) => self.forward(chunk).await,
-                            Err(broadcast::error::TryRecvError::Lagged(n)) => self.missed += n,
-                            Err(_) => break,
+                    // Whatever the session said while closing is already in its log.
+                    while let Some(item) = rx.try_next() {
+                        match item {
+                            Watched::Chunk(chunk) => self.forward(&chunk, &mut rx).await,
+                            Watched::Missed(n) => self.missed += n,
                         }
                     }
                     self.degraded = false;
@@ -149,13 +154,13 @@ impl Relay {
                     self.events.publish(&self.session, &closed, Wait::Upto(Duration::from_secs(1))).await;
                     return;
                 }
-                r = rx.recv() => match r {
-                    Ok(chunk) => self.forward(chunk).await,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::debug!(session = %self.session, missed = n, "event relay lagged");
+                item = rx.next() => match item {
+                    Some(Watched::Chunk(chunk)) => self.forward(&chunk, &mut rx).await,
+                    Some(Watched::Missed(n)) => {
+                        tracing::debug!(session = %self.session, missed = n, "event relay fell behind the session's log");
                         self.missed += n;
                     }
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    None => return,
                 },
                 _ = tokio::time::sleep(PATIENCE), if self.missed > 0 => {
                     // Report a gap even when the session has gone quiet.
@@ -173,6 +178,8 @@ impl Relay {
         }
     }
 
+    /// Publish the `missed` count, if any. Only a published chunk ends the degraded state: a
+    /// small `missed` event can fit where chunks do not.
     async fn flush_missed(&mut self, wait: Wait) -> bool {
         if self.missed == 0 {
             return true;
@@ -183,7 +190,6 @@ impl Relay {
         };
         if self.events.publish(&self.session, &ev, wait).await {
             self.missed = 0;
-            self.degraded = false;
             true
         } else {
             self.degraded = true;
@@ -191,23 +197,116 @@ impl Relay {
         }
     }
 
-    async fn forward(&mut self, chunk: Chunk) {
+    /// The budget is full: this chunk and everything the log holds unread are missed; go on
+    /// with the newest.
+    fn give_up(&mut self, rx: &mut Watcher) {
+        self.degraded = true;
+        self.missed += 1 + rx.skip_to_end();
+    }
+
+    async fn forward(&mut self, chunk: &Chunk, rx: &mut Watcher) {
         if !self.events.anyone_listening() {
             // Nobody to tell, and nobody who will have missed it.
             self.missed = 0;
+            rx.skip_to_end();
             return;
         }
         // A gap is reported before anything that follows it.
         if !self.flush_missed(self.wait()).await {
-            self.missed += 1;
-            return;
+            return self.give_up(rx);
         }
-        let ev = Event::Chunk { chunk };
+        let ev = Event::Chunk {
+            chunk: chunk.clone(),
+        };
         if self.events.publish(&self.session, &ev, self.wait()).await {
             self.degraded = false;
         } else {
-            self.degraded = true;
-            self.missed += 1;
+            self.give_up(rx);
         }
     }
+}
+
+/// Send `session`'s chunks from `from_seq` on to `client` as replies to request `id` (see
+/// `RequestBody::Replay`). The replay waits for the client's budget as an execution's stream
+/// does; while it waits, only the session's log holds the chunks, so a client that reads too
+/// slowly gets a `missed` reply where the log dropped some, never a backlog in the host.
+pub async fn replay(
+    client: Arc<Client>,
+    id: String,
+    session: Session,
+    from_seq: u64,
+    follow: bool,
+) {
+    let sid = session.id().to_string();
+    let mut rx = session.replay(from_seq);
+    // Chunks up to here are the past; after them, live ones until the running execution ends.
+    let past_end = session.log_stats().next_seq;
+    let mut last_finished = false;
+    let reply = |body| Reply {
+        id: Some(id.clone()),
+        body,
+    };
+    loop {
+        let caught_up = rx.next_seq() >= past_end;
+        let item = if !caught_up {
+            match rx.next().await {
+                Some(item) => item,
+                None => break,
+            }
+        } else if !follow || last_finished {
+            break;
+        } else if !session_running(&session) {
+            // Nothing runs: what the last execution said is in the log already (a session is
+            // idle only after its finished chunk went out); send it, then stop.
+            match rx.try_next() {
+                Some(item) => item,
+                None => break,
+            }
+        } else {
+            // Live: wait for the next chunk, but notice a session that goes quiet or away.
+            match tokio::time::timeout(PATIENCE * 10, rx.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(_) => continue,
+            }
+        };
+        let body = match item {
+            Watched::Chunk(chunk) => {
+                last_finished = chunk.is_finished();
+                ReplyBody::Chunk {
+                    chunk: (*chunk).clone(),
+                }
+            }
+            Watched::Missed(count) => ReplyBody::Missed {
+                session: sid.clone(),
+                count,
+            },
+        };
+        match client.send(&reply(body), Wait::Upto(client.patience)).await {
+            Sent::Yes => {}
+            Sent::Stalled => {
+                // Counted as missed, like an execution's stream; the client can replay again.
+                let n = 1 + rx.skip_to_end();
+                let note = ReplyBody::Missed {
+                    session: sid.clone(),
+                    count: n,
+                };
+                if client.send(&reply(note), Wait::Upto(client.patience)).await != Sent::Yes {
+                    return;
+                }
+            }
+            Sent::Gone => return,
+        }
+    }
+    let done = ReplyBody::Replayed {
+        session: sid,
+        next_seq: rx.next_seq(),
+    };
+    client.send(&reply(done), Wait::Upto(client.patience)).await;
+}
+
+/// Whether an execution (or a query) is running or queued.
+fn session_running(session: &Session) -> bool {
+    let info = session.info();
+    info.state == spindle_protocol::SessionState::Busy || info.queued > 0
 }

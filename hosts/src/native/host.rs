@@ -33,7 +33,7 @@ use zeromq::{RouterSendHalf, ZmqMessage};
 
 use crate::auth::Signer;
 use crate::native::chat::{self, Chats};
-use crate::native::events::{spawn_relay, Events};
+use crate::native::events::{self, spawn_relay, Events};
 use crate::native::files;
 use crate::native::pool::Pool;
 use crate::native::wire::{self, Client, Sent, Wait};
@@ -373,6 +373,17 @@ impl Host {
                     })
                 })
             }
+            RequestBody::Replay {
+                session,
+                from_seq,
+                follow,
+            } => match self.resolve(&session) {
+                Ok(e) => {
+                    let session = e.session.clone();
+                    tokio::spawn(events::replay(client, id, session, from_seq, follow));
+                }
+                Err(f) => Self::answer(client, id, Err(f)),
+            },
             RequestBody::Attach { session } => Self::answer_later(client, id, async move {
                 let e = me.resolve(&session)?;
                 me.attach(&e).await
@@ -600,6 +611,7 @@ impl Host {
             allow_stdin: ex.allow_stdin,
             active_lines: ex.active_lines,
             user_expressions: ex.user_expressions,
+            ..ExecOptions::default()
         };
         let exec = e.session.execute(&ex.code, opts).map_err(failure)?;
         Ok((e.session.id().to_string(), exec))
@@ -611,7 +623,6 @@ impl Host {
         let id = e.session.id().to_string();
         if self.entries.remove(&id).is_none() {
             return; // someone else is closing it
-            ..ExecOptions::default()
         }
         self.names.remove_if(&e.name, |_, v| *v == id);
         {

@@ -101,6 +101,10 @@ pub struct ServeArgs {
     /// and subscribers get a `missed` event with the count.
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     pub event_buffer: usize,
+    /// Bytes of recent chunks each session keeps for `replay` and for watchers that fall
+    /// behind (the oldest go first; a watcher further behind is told how many it missed).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub replay_log: usize,
     /// Seconds a chat's `confirm` (or `input`) item waits for the client's `chat_reply`; then
     /// the code counts as skipped (or the program gets no input).
     #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
@@ -121,6 +125,7 @@ impl Default for ServeArgs {
             client_buffer: 32 << 20,
             client_timeout: 10.0,
             event_buffer: 64 << 20,
+            replay_log: 64 << 20,
             chat_confirm_timeout: 600.0,
             sandbox: Default::default(),
         }
@@ -197,6 +202,7 @@ async fn serve(args: ServeArgs, interp: &InterpreterArgs) -> anyhow::Result<Exit
         signature_scheme: SIGNATURE_SCHEME.into(),
         key,
         max_message: args.max_message as u64,
+        replay_log: args.replay_log as u64,
         protocol_version: PROTOCOL_VERSION,
         pid: std::process::id(),
     };
@@ -214,6 +220,7 @@ async fn serve(args: ServeArgs, interp: &InterpreterArgs) -> anyhow::Result<Exit
     crate::sandbox::set_host_defaults(&args.sandbox)?;
     let kernel = Arc::new(Kernel::new(KernelConfig {
         launcher: args.sandbox.launcher()?,
+        watch_log_bytes: args.replay_log,
         ..KernelConfig::default()
     }));
     let pool = Pool::start(kernel.clone(), languages, args.warm);

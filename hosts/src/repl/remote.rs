@@ -5,7 +5,8 @@
 //! new key) and checks which of our sessions survived.
 //!
 //! Sessions the REPL creates are named `repl-<pid>-<lang>` and closed when it exits; sessions
-//! attached with `--session` are left running.
+//! attached with `--session` are left running, and redrawn when attached: what the server's
+//! log still keeps of their output (a `replay` request) is printed before the first prompt.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -277,6 +278,15 @@ impl Remote {
             let Some(lang) = crate::magics::canonical_language(&session.language) else {
                 anyhow::bail!("--session {key}: unknown language {}", session.language);
             };
+            let text = redraw(&conn, &session.id)
+                .await
+                .map_err(|e| anyhow::anyhow!("--session {key}: {e}"))?;
+            if !text.is_empty() {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
             remote.sessions.lock().expect("sessions").insert(
                 lang,
                 Remote1 {
@@ -436,6 +446,78 @@ pub(crate) fn execution_stream(
     Box::pin(stream.fuse())
 }
 
+/// What the server's log keeps of a session's output, as terminal text: console text as it
+/// was written, the plain text of rich output, errors and notices, between two rule lines.
+/// Empty when the log holds no output.
+async fn redraw(conn: &Conn, session: &str) -> Result<String, BackendError> {
+    let (id, mut rx) = conn
+        .send(RequestBody::Replay {
+            session: session.to_string(),
+            from_seq: 0,
+            follow: false,
+        })
+        .await?;
+    let mut text = String::new();
+    let mut missed = 0u64;
+    let mut chunks = 0u64;
+    let result = loop {
+        let reply = match tokio::time::timeout(SLOW, rx.recv()).await {
+            Ok(Some(r)) => r,
+            Ok(None) => break Err(conn.dead("the connection closed".into())),
+            Err(_) => break Err(conn.dead("the server did not finish the replay".into())),
+        };
+        match reply {
+            ReplyBody::Chunk { chunk } => {
+                chunks += 1;
+                redraw_chunk(&mut text, &chunk);
+            }
+            ReplyBody::Missed { count, .. } => missed += count,
+            ReplyBody::Replayed { .. } => break Ok(()),
+            ReplyBody::Error { code, reason } => break Err(remote_error(code, reason)),
+            _ => {}
+        }
+    };
+    conn.pending.lock().expect("pending").remove(&id);
+    result?;
+    if text.is_empty() {
+        return Ok(String::new());
+    }
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let head = if missed > 0 {
+        format!("── redrawn from the server's log ({chunks} chunks; {missed} older ones are no longer kept) ──\n")
+    } else {
+        format!("── redrawn from the server's log ({chunks} chunks) ──\n")
+    };
+    Ok(format!("{head}{text}── end of the redraw ──\n"))
+}
+
+fn redraw_chunk(out: &mut String, chunk: &Chunk) {
+    use spindle_protocol::ConsoleFormat;
+    match &chunk.body {
+        Body::Console {
+            format: ConsoleFormat::Stdout | ConsoleFormat::Stderr,
+            content: Some(t),
+            ..
+        } => out.push_str(t),
+        Body::Error { content: Some(e) } => {
+            out.push_str(&format!("{}: {}\n", e.name, e.value));
+        }
+        Body::Notice { content: Some(t) } => out.push_str(&format!("[{t}]\n")),
+        other => {
+            if let Some(plain) = serde_json::to_value(other).ok().and_then(|v| {
+                v["content"]["bundle"]["text/plain"]
+                    .as_str()
+                    .map(str::to_string)
+            }) {
+                out.push_str(&plain);
+                out.push('\n');
+            }
+        }
+    }
+}
+
 fn synthetic_notice(id: &str, text: String) -> Chunk {
     Chunk {
         session: String::new(),
@@ -523,6 +605,8 @@ impl Backend for Remote {
                 detail_level,
             },
             Query::IsComplete { code } => RequestBody::IsComplete { session, code },
+            // The native API has no comms: none are open.
+            Query::CommInfo { .. } => return Ok(serde_json::json!({"comms": {}})),
         };
         let reply = conn.call(body, QUICK).await?;
         let v = match reply {
@@ -604,8 +688,6 @@ impl Backend for Remote {
             .ok_or_else(|| BackendError::Disconnected("not connected".into()))?;
         match conn.call(RequestBody::ListSessions, QUICK).await {
             Err(e) if e.is_disconnect() => Err(e),
-            // The native API has no comms: none are open.
-            Query::CommInfo { .. } => return Ok(serde_json::json!({"comms": {}})),
             _ => Ok(()),
         }
     }

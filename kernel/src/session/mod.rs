@@ -8,7 +8,10 @@
 //! input replies bypass the actor, so a busy or back-pressured actor never delays them.
 
 mod actor;
+mod log;
 mod proc;
+
+pub use log::{LogStats, Watched, Watcher};
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -18,7 +21,7 @@ use std::time::Duration;
 use futures::Stream;
 use serde_json::Value;
 use spindle_protocol::{Chunk, SessionInfo, SessionState};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::KernelError;
 use crate::language::{ChildRequest, Language, Outbound};
@@ -61,7 +64,8 @@ struct Inner {
     /// The working directory on the host (for file requests when not sandboxed).
     work_root: Option<std::path::PathBuf>,
     shared: Mutex<Shared>,
-    watch: broadcast::Sender<Chunk>,
+    /// The recent chunks, for watchers and replays.
+    log: log::Log,
 }
 
 /// State read and written outside the actor.
@@ -163,7 +167,6 @@ impl Session {
         let id = uuid::Uuid::new_v4().to_string();
         let name = spec.name.clone().unwrap_or_else(|| id.clone());
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let (watch, _) = broadcast::channel(config.watch_capacity.max(16));
         let inner = Arc::new(Inner {
             id: id.clone(),
             name,
@@ -183,7 +186,7 @@ impl Session {
                 tty_input: None,
                 running: None,
             }),
-            watch,
+            log: log::Log::new(config.watch_log_bytes),
         });
         let proc = Proc::start(&inner, &spec, &config).await?;
         let actor = Actor::new(inner.clone(), cmd_rx, spec, config, proc);
@@ -253,9 +256,6 @@ impl Session {
         })
     }
 
-    /// Ask the session a question (completion, inspection, is-complete).
-    pub async fn query(&self, query: Query) -> Result<Value, KernelError> {
-        self.ensure_open()?;
     /// Hand a comm message from a frontend to the code's comm handlers (languages with comms:
     /// Python, Node). It is queued in order with executions and runs like one (interruptible,
     /// never counted); the stream carries what the handler printed, displayed and sent.
@@ -276,6 +276,9 @@ impl Session {
         self.execute("comm", opts)
     }
 
+    /// Ask the session a question (completion, inspection, is-complete).
+    pub async fn query(&self, query: Query) -> Result<Value, KernelError> {
+        self.ensure_open()?;
         let id = uuid::Uuid::new_v4().to_string();
         let req = match query {
             Query::Complete { code, cursor_pos } => ChildRequest::Complete {
@@ -294,10 +297,10 @@ impl Session {
                 detail_level,
             },
             Query::IsComplete { code } => ChildRequest::IsComplete { id, code },
+            Query::CommInfo { target_name } => ChildRequest::CommInfo { id, target_name },
         };
         let (tx, rx) = oneshot::channel();
         self.inner.shared.lock().expect("session state").queued += 1;
-            Query::CommInfo { target_name } => ChildRequest::CommInfo { id, target_name },
         self.cmd_tx
             .send(Cmd::Query { req, tx })
             .map_err(|_| KernelError::Closed(self.inner.id.clone()))?;
@@ -441,10 +444,24 @@ impl Session {
         }
     }
 
-    /// Every chunk of every execution in this session, as it happens. A watcher that falls more
-    /// than the kernel's `watch_capacity` behind gets `RecvError::Lagged(n)`.
-    pub fn subscribe(&self) -> broadcast::Receiver<Chunk> {
-        self.inner.watch.subscribe()
+    /// Every chunk of every execution in this session from now on, as it happens. A watcher is
+    /// a cursor into the session's log (the kernel's `watch_log_bytes`): one that falls behind
+    /// the oldest chunk kept is told how many it missed (`RecvError::Lagged(n)`) and goes on
+    /// from there.
+    pub fn subscribe(&self) -> Watcher {
+        self.inner.log.watcher(None)
+    }
+
+    /// Like [`subscribe`](Self::subscribe), starting at the chunk numbered `from_seq`: what the
+    /// log still keeps of the past first (a `Missed` count for what it no longer does), then
+    /// the live chunks. A `from_seq` beyond the newest chunk starts with the next one.
+    pub fn replay(&self, from_seq: u64) -> Watcher {
+        self.inner.log.watcher(Some(from_seq))
+    }
+
+    /// What the session's log holds now.
+    pub fn log_stats(&self) -> LogStats {
+        self.inner.log.stats()
     }
 
     fn ensure_open(&self) -> Result<(), KernelError> {

@@ -170,7 +170,6 @@ impl Actor {
                 })
                 .await;
             }
-            "clear_output" => {
             "comm" => match serde_json::from_value::<spindle_protocol::CommMessage>(v) {
                 Ok(m) => {
                     self.block(Body::Comm { content: Some(m) }).await;
@@ -179,6 +178,7 @@ impl Actor {
                     tracing::warn!(error = %e, "malformed comm message from the bootstrap ignored")
                 }
             },
+            "clear_output" => {
                 self.block(Body::ClearOutput {
                     content: Some(ClearOutput {
                         wait: v["wait"].as_bool().unwrap_or(false),
@@ -544,9 +544,7 @@ impl Actor {
     }
 
     pub(super) fn publish(&self, chunk: &Chunk) {
-        if self.inner.watch.receiver_count() > 0 {
-            let _ = self.inner.watch.send(chunk.clone());
-        }
+        self.inner.log.push(chunk.clone());
     }
 
     pub(super) fn emit_raw(&mut self, request: &str, body: Body, start: bool, end: bool) {
