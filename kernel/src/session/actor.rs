@@ -545,8 +545,8 @@ impl Actor {
                 let what = match q.req {
                     ChildRequest::Complete { .. } => "complete",
                     ChildRequest::Inspect { .. } => "inspect",
-                    _ => "is_complete",
                     ChildRequest::CommInfo { .. } => "comm_info",
+                    _ => "is_complete",
                 };
                 let _ = q.tx.send(Err(KernelError::Died {
                     language: self.inner.language.name().to_string(),
