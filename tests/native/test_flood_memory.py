@@ -24,8 +24,8 @@ from native_helpers import is_finished
 
 MiB = 1 << 20
 CLIENT_BUFFER = 8 * MiB
-# The kernel's per-session pipeline: 64 event frames and 64 chunks, each up to 1 MiB.
-KERNEL_PIPELINE = 128 * MiB
+# The kernel's per-session pipeline: 4 event frames and 8 chunks, each up to 1 MiB, and slack.
+KERNEL_PIPELINE = 16 * MiB
 # Serialisation copies, the socket's write buffer, allocator slack, the sessions' bookkeeping.
 FIXED = 32 * MiB
 # How far above its starting point the host may stay once idle.

@@ -237,8 +237,9 @@ impl Session {
             .id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        // Chunks are up to 1 MiB: keep the per-execution buffer small (back-pressure does the rest).
-        let (tx, rx) = mpsc::channel(64);
+        // Chunks are up to 1 MiB: keep the per-execution buffer small (back-pressure does the
+        // rest), so a flood holds at most a few MiB here.
+        let (tx, rx) = mpsc::channel(8);
         self.inner.shared.lock().expect("session state").queued += 1;
         self.cmd_tx
             .send(Cmd::Execute {

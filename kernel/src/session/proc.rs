@@ -142,7 +142,8 @@ impl Proc {
         };
         let (pty_tx, pty_rx) = mpsc::channel(64);
         let (err_tx, err_rx) = mpsc::channel(64);
-        let (evt_tx, evt_rx) = mpsc::channel(64);
+        // Event frames are up to 1 MiB each: a short queue bounds what a flood holds here.
+        let (evt_tx, evt_rx) = mpsc::channel(4);
         let (exit_tx, exit_rx) = oneshot::channel();
         spawn_reader("pty", spawned.pty_reader, nonce.clone(), pty_tx)?;
         spawn_reader("stderr", spawned.err_reader, nonce, err_tx)?;
