@@ -5,7 +5,7 @@
 //! `$SPINDLE_TEST_PYTHON`.
 
 mod common;
-use common::{active_lines, console, run, run_with, status as finished, stdout};
+use common::{active_lines, console, errors, outcome, run, run_with, status as finished, stdout};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use spindle_kernel::{ExecOptions, Kernel, Query, Session, SessionSpec};
 use spindle_languages::Interpreters;
-use spindle_protocol::{Body, Chunk, ConsoleFormat, ErrorContent, ImageFormat, Outcome, Rich};
+use spindle_protocol::{Body, Chunk, ConsoleFormat, ImageFormat, Outcome, Rich};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -59,20 +59,6 @@ async fn venv() -> (Kernel, Session) {
         ..Default::default()
     })
     .await
-}
-
-fn outcome(chunks: &[Chunk]) -> Outcome {
-    finished(chunks).outcome.expect("finished has an outcome")
-}
-
-fn errors(chunks: &[Chunk]) -> Vec<ErrorContent> {
-    chunks
-        .iter()
-        .filter_map(|c| match &c.body {
-            Body::Error { content: Some(e) } => Some(e.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 fn result(chunks: &[Chunk]) -> Option<Rich> {

@@ -8,7 +8,7 @@
 //! with `SPINDLE_IPYTHON=0`, which makes the bootstrap ignore an installed IPython.
 
 mod common;
-use common::{run, status as finished, stderr, stdout};
+use common::{errors, outcome, run, stderr, stdout};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -81,20 +81,6 @@ async fn start(mode: Mode) -> (Kernel, Session) {
         .await
         .expect("python session starts");
     (kernel, session)
-}
-
-fn outcome(chunks: &[Chunk]) -> Outcome {
-    finished(chunks).outcome.expect("finished has an outcome")
-}
-
-fn errors(chunks: &[Chunk]) -> Vec<ErrorContent> {
-    chunks
-        .iter()
-        .filter_map(|c| match &c.body {
-            Body::Error { content: Some(e) } => Some(e.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 fn result_text(chunks: &[Chunk]) -> Option<String> {

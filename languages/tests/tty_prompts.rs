@@ -4,7 +4,7 @@
 //! Under `allow_stdin: false` the program gets end-of-file instead. Real bash, python3 and node.
 
 mod common;
-use common::{run, run_with, status, stderr, stdout, LIMIT};
+use common::{outcome, run, run_with, stderr, stdout, LIMIT};
 
 use std::time::Duration;
 
@@ -59,10 +59,6 @@ fn result_text(chunks: &[Chunk]) -> Option<String> {
             .map(str::to_string),
         _ => None,
     })
-}
-
-fn outcome(chunks: &[Chunk]) -> Outcome {
-    status(chunks).outcome.expect("outcome")
 }
 
 fn prompts(asked: &[InputRequest]) -> Vec<(&str, bool)> {

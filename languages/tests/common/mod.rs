@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use spindle_kernel::{DockerConfig, DockerLauncher, ExecOptions, KernelConfig, Launcher, Session};
-use spindle_protocol::{Body, Chunk, ConsoleFormat, StatusContent, StatusFormat};
+use spindle_protocol::{
+    Body, Chunk, ConsoleFormat, ErrorContent, Outcome, StatusContent, StatusFormat,
+};
 
 /// Longest any single execution in these tests may take.
 pub const LIMIT: Duration = Duration::from_secs(120);
@@ -99,6 +101,22 @@ pub fn active_lines(chunks: &[Chunk]) -> Vec<u32> {
                 line: Some(l),
                 ..
             } => Some(*l),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How the execution ended (its finished status chunk's outcome).
+pub fn outcome(chunks: &[Chunk]) -> Outcome {
+    status(chunks).outcome.expect("finished has an outcome")
+}
+
+/// Every error the execution reported, in order.
+pub fn errors(chunks: &[Chunk]) -> Vec<ErrorContent> {
+    chunks
+        .iter()
+        .filter_map(|c| match &c.body {
+            Body::Error { content: Some(e) } => Some(e.clone()),
             _ => None,
         })
         .collect()
