@@ -329,6 +329,8 @@ def test_ctrl_d_exits_and_history_persists(start_repl, repl_env, tmp_path):
         time.sleep(0.05)
     history = tmp_path / "data" / "spindle" / "repl_history"
     assert "print('remember me')" in history.read_text()
+    # What was typed is private: rustyline keeps the history file 0600.
+    assert history.stat().st_mode & 0o777 == 0o600, oct(history.stat().st_mode)
     q = start_repl()
     q.keys("Up")
     q.wait_for("[python 1]> print('remember me')")

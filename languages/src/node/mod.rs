@@ -92,8 +92,8 @@ mod tests {
             spec.args.last().map(String::as_str),
             Some("/tmp/spindle-test-run/node_bootstrap.js")
         );
-        assert_eq!(spec.files.len(), 1);
-        assert_eq!(spec.files[0].0, BOOTSTRAP_FILE);
+        let names: Vec<&str> = spec.files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, [BOOTSTRAP_FILE, "spindle_comm.js"]);
         assert!(!node.supports_active_lines());
     }
 
