@@ -69,6 +69,30 @@ pub fn new_key() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
+/// A new file beside `path` with an unpredictable hidden name, created exclusively (never through
+/// a planted file or link) with mode 0600, set explicitly in case the file system or an ACL gave
+/// it more. The caller writes it and renames it over `path`, or removes it.
+pub fn private_temp(
+    path: &std::path::Path,
+) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(format!(".{}.tmp", hex::encode(rand::random::<[u8; 12]>())));
+    let tmp = path.with_file_name(name);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)?;
+    if let Err(e) = f.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok((tmp, f))
+}
+
 /// Write `text` to `path` readable only by the owner (mode 0600), replacing any regular file
 /// there. Connection files hold the signing key and often live in shared directories (`/tmp`), so
 /// nothing another user planted may end up holding it: the text goes to a fresh, unpredictable
@@ -78,7 +102,7 @@ pub fn new_key() -> String {
 /// refused with an error rather than followed or silently replaced.
 pub fn write_private_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::{Error, ErrorKind, Write};
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let name = path
         .file_name()
         .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "the path names no file"))?;
@@ -92,19 +116,8 @@ pub fn write_private_file(path: &std::path::Path, text: &str) -> std::io::Result
         .mode(0o700)
         .create(dir)?;
     refuse_symlink(path)?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", hex::encode(rand::random::<[u8; 12]>())));
-    let tmp = dir.join(tmp_name);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)?;
+    let (tmp, mut f) = private_temp(&dir.join(name))?;
     let written = (|| {
-        // Explicit, in case the file system or an ACL gave the new file more.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         drop(f);

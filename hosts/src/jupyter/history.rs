@@ -294,19 +294,8 @@ fn append(path: &Path, line: &Line) -> std::io::Result<()> {
 /// Write `entries` to a fresh, private file next to `path` and rename it over `path` (the
 /// caller holds the lock, so no append is lost).
 fn rewrite(path: &Path, entries: &[Entry]) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut name = std::ffi::OsString::from(".");
-    name.push(path.file_name().unwrap_or_default());
-    name.push(format!(".{}.tmp", hex::encode(rand::random::<[u8; 8]>())));
-    let tmp = path.with_file_name(name);
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)?;
+    let (tmp, file) = crate::auth::private_temp(path)?;
     let written = (|| {
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         let mut out = std::io::BufWriter::new(&file);
         for e in entries {
             serde_json::to_writer(&mut out, &Line::Entry(e.clone()))?;
