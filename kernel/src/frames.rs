@@ -79,8 +79,14 @@ impl<R: std::io::Read> FrameReader<R> {
             Ok(h) => h,
             Err(e) => return Ok(Some(Err(e))),
         };
-        let mut payload = vec![0u8; len];
-        self.inner.read_exact(&mut payload)?;
+        // Read straight into the payload's memory: no zeroing of up to 16 MiB first.
+        let mut payload = Vec::with_capacity(len);
+        (&mut self.inner)
+            .take(len as u64)
+            .read_to_end(&mut payload)?;
+        if payload.len() < len {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         Ok(Some(Ok(Frame {
             kind,
             sync,
@@ -210,6 +216,19 @@ pub struct Utf8Decoder {
 }
 
 impl Utf8Decoder {
+    /// Like [`Utf8Decoder::decode`], taking the bytes: valid UTF-8 with nothing held over from
+    /// the last read (the usual case) becomes the string without a copy.
+    pub fn decode_owned(&mut self, input: Vec<u8>) -> String {
+        if self.pending.is_empty() {
+            match String::from_utf8(input) {
+                Ok(s) => s,
+                Err(e) => self.decode(e.as_bytes()),
+            }
+        } else {
+            self.decode(&input)
+        }
+    }
+
     pub fn decode(&mut self, input: &[u8]) -> String {
         let owned;
         let bytes: &[u8] = if self.pending.is_empty() {

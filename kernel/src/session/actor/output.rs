@@ -96,11 +96,11 @@ impl Actor {
         }
         match f.kind {
             b'o' => {
-                let text = p.dec_out.decode(&f.payload);
+                let text = p.dec_out.decode_owned(f.payload);
                 self.console(ConsoleFormat::Stdout, text).await;
             }
             b'e' => {
-                let text = p.dec_errf.decode(&f.payload);
+                let text = p.dec_errf.decode_owned(f.payload);
                 self.console(ConsoleFormat::Stderr, text).await;
             }
             b'r' => {
@@ -327,6 +327,8 @@ impl Actor {
             }
         }
         match &mut ex.pending {
+            // An empty buffer (taken by the last flush) takes the text itself, uncopied.
+            Some((f, buf)) if *f == format && buf.is_empty() => *buf = text,
             Some((f, buf)) if *f == format => buf.push_str(&text),
             _ => {
                 self.flush_pending().await;
