@@ -251,12 +251,24 @@ pub(crate) async fn execute(server: &Server, req: &Request, abort: bool) -> bool
     };
     let parent = &req.header_raw;
     server.status(parent, ExecutionState::Busy).await;
-    let failed = run(server, req, r, abort).await;
+    let (failed, record) = run(server, req, r, abort).await;
     server.status(parent, ExecutionState::Idle).await;
+    // After idle: the client has its answer; the history's writer wakes off that path.
+    if let Some((count, output)) = record {
+        server.history().await.record(count, &r.code, output);
+    }
     failed && r.stop_on_error
 }
 
-pub(crate) async fn run(server: &Server, req: &Request, r: &ExecuteRequest, abort: bool) -> bool {
+/// What the history keeps of an execution: its count and the text of its result.
+type Record = Option<(u64, Option<String>)>;
+
+pub(crate) async fn run(
+    server: &Server,
+    req: &Request,
+    r: &ExecuteRequest,
+    abort: bool,
+) -> (bool, Record) {
     let parent = &req.header_raw;
     let no_exprs = HashMap::new;
     if abort {
@@ -270,7 +282,7 @@ pub(crate) async fn run(server: &Server, req: &Request, r: &ExecuteRequest, abor
         server
             .reply(super::server::Chan::Shell, req, "execute_reply", &reply)
             .await;
-        return false;
+        return (false, None);
     }
     if !r.silent {
         server.set_last_parent(parent);
@@ -290,7 +302,7 @@ pub(crate) async fn run(server: &Server, req: &Request, r: &ExecuteRequest, abor
         server
             .reply(super::server::Chan::Shell, req, "execute_reply", &reply)
             .await;
-        return false;
+        return (false, None);
     }
     if server.lang.spindle == "python"
         && matches!(code.trim(), "exit" | "quit" | "exit()" | "quit()")
@@ -306,7 +318,7 @@ pub(crate) async fn run(server: &Server, req: &Request, r: &ExecuteRequest, abor
         server
             .reply(super::server::Chan::Shell, req, "execute_reply", &reply)
             .await;
-        return false;
+        return (false, None);
     }
     let mut m = super::execute::Mapper::new(parent.clone(), r.silent);
     let fail = |m: &mut Mapper, ename: &str, evalue: String| {
@@ -429,13 +441,9 @@ pub(crate) async fn run(server: &Server, req: &Request, r: &ExecuteRequest, abor
     server
         .reply(super::server::Chan::Shell, req, "execute_reply", &reply)
         .await;
-    if r.store_history && !r.silent && outcome.is_some_and(|o| o != Outcome::Aborted) {
-        server
-            .history()
-            .await
-            .record(count, code, m.result_text.take());
-    }
-    failed
+    let record = (r.store_history && !r.silent && outcome.is_some_and(|o| o != Outcome::Aborted))
+        .then(|| (count, m.result_text.take()));
+    (failed, record)
 }
 
 #[cfg(test)]

@@ -100,8 +100,11 @@ impl History {
             std::thread::Builder::new()
                 .name("spindle-history".into())
                 .spawn(move || {
-                    for line in rx {
-                        if let Err(e) = append(&p, &line) {
+                    while let Ok(line) = rx.recv() {
+                        // What queued up meanwhile goes in the same locked append.
+                        let mut lines = vec![line];
+                        lines.extend(rx.try_iter());
+                        if let Err(e) = append(&p, &lines) {
                             tracing::warn!(error = %e, "history: cannot append");
                         }
                     }
@@ -284,9 +287,12 @@ fn keep_private(f: &File) -> std::io::Result<()> {
     Ok(())
 }
 
-fn append(path: &Path, line: &Line) -> std::io::Result<()> {
-    let mut text = serde_json::to_vec(line)?;
-    text.push(b'\n');
+fn append(path: &Path, lines: &[Line]) -> std::io::Result<()> {
+    let mut text = Vec::new();
+    for line in lines {
+        serde_json::to_writer(&mut text, line)?;
+        text.push(b'\n');
+    }
     let _lock = lock(path)?;
     open_store(path)?.write_all(&text)
 }
@@ -499,12 +505,12 @@ mod tests {
         assert!(e.is_empty());
         append(
             &p,
-            &Line::Entry(Entry {
+            &[Line::Entry(Entry {
                 session: s1,
                 line: 1,
                 input: "a".into(),
                 output: Some("1".into()),
-            }),
+            })],
         )
         .unwrap();
         let (e, s2) = load_and_claim(&p).unwrap();
@@ -585,12 +591,12 @@ mod tests {
                         let (_, s) = load_and_claim(&p).unwrap();
                         append(
                             &p,
-                            &Line::Entry(Entry {
+                            &[Line::Entry(Entry {
                                 session: s,
                                 line: 1,
                                 input: format!("claimed {s}"),
                                 output: None,
-                            }),
+                            })],
                         )
                         .unwrap();
                         s

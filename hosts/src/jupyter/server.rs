@@ -396,6 +396,11 @@ impl Server {
     }
 
     /// Mark the start or end of one of this server's executions.
+    /// Whether one of this server's own executions is running, as it changes.
+    pub(crate) fn own_busy(&self) -> watch::Receiver<bool> {
+        self.own_busy.subscribe()
+    }
+
     pub(crate) fn set_own_busy(&self, busy: bool) {
         self.own_busy.send_replace(busy);
     }
@@ -496,7 +501,9 @@ impl Server {
                 self.reply(chan, req, "kernel_info_reply", &reply).await;
             }
             JupyterMessageContent::ExecuteRequest(r) => {
-                super::execute::run(self, req, r, false).await;
+                if let (_, Some((count, output))) = super::execute::run(self, req, r, false).await {
+                    self.history().await.record(count, &r.code, output);
+                }
             }
             JupyterMessageContent::IsCompleteRequest(r) => {
                 let reply = match self
