@@ -85,12 +85,52 @@ pub fn main(args: KernelArgs, interp: &InterpreterArgs) -> anyhow::Result<ExitCo
     let language = spindle_languages::language(name, &interp.interpreters())?;
     // Fail closed: a sandbox that cannot be had ends the kernel before it binds a socket.
     let launcher = args.sandbox.launcher()?;
-    let rt = crate::common::runtime()?;
+    // One thread: a kernel serves one session for a handful of clients, and every hop between
+    // worker threads (a futex wake and a context switch each) lengthened the round trip. The
+    // session's readers and writers have threads of their own; blocking work goes to the
+    // runtime's blocking pool.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(run_kernel(info, file, language, launcher));
     // Reader threads of a killed session may linger for a moment; do not wait on them.
     rt.shutdown_timeout(Duration::from_millis(300));
     result
 }
+
+/// A kernel that is idle gives back the mappings of the code it ran (see
+/// [`crate::common::release_code`]): a second after it is up, and then whenever it has
+/// been idle for [`IDLE_RELEASE`] after running something. Only mappings go; the next execution
+/// maps what it needs back from the page cache (a few hundred minor faults, well under a
+/// millisecond).
+async fn release_code_when_idle(
+    mut slot: watch::Receiver<Option<Result<Session, String>>>,
+    mut busy: watch::Receiver<bool>,
+) {
+    if slot.wait_for(Option::is_some).await.is_err() {
+        return;
+    }
+    let mut delay = Duration::from_secs(1);
+    loop {
+        if busy.wait_for(|b| !*b).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {
+                crate::common::release_code();
+                delay = IDLE_RELEASE;
+                // Nothing ran since: nothing to give back until something does.
+                if busy.wait_for(|b| *b).await.is_err() {
+                    return;
+                }
+            }
+            r = busy.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// How long a kernel stays idle before it gives back the code it ran.
+const IDLE_RELEASE: Duration = Duration::from_secs(10);
 
 async fn run_kernel(
     info: ConnectionInfo,
@@ -146,6 +186,10 @@ async fn run_kernel(
             managed,
         },
     );
+    let release = tokio::spawn(release_code_when_idle(
+        slot_tx.subscribe(),
+        running.server.own_busy(),
+    ));
     let parent_gone = parent_gone(managed);
     tokio::pin!(parent_gone);
     let reason = loop {
@@ -169,6 +213,7 @@ async fn run_kernel(
     };
     tracing::info!(?reason, "kernel stopping");
     starter.abort();
+    release.abort();
     kernel.shutdown().await;
     running.abort();
     Ok(ExitCode::SUCCESS)
