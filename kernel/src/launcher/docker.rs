@@ -409,7 +409,13 @@ pub fn sweep_dead_hosts(host: Option<String>) -> Result<usize, SandboxError> {
     };
     let docker = Docker::connect_with_host(&engine).map_err(|e| unreachable(e.to_string()))?;
     let me = instance_label();
-    block(async move {
+    // A runtime of its own, gone with the sweep: a host that never starts a sandbox keeps no
+    // threads, client or connection pool for the engine.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| unreachable(format!("no runtime for the sweep: {e}")))?;
+    rt.block_on(async move {
         let docker = match tokio::time::timeout(ENGINE_TIMEOUT, docker.negotiate_version()).await {
             Ok(Ok(d)) => d,
             Ok(Err(e)) => return Err(e.to_string()),
