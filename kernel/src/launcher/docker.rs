@@ -397,7 +397,8 @@ impl DockerLauncher {
 /// Remove the containers of dead Spindle hosts of this machine from the engine `host` (or
 /// `DOCKER_HOST`, else the local socket) without needing an image: what a host that runs no
 /// sandbox of its own does at start, so a killed host's containers never outlive the next
-/// start. Returns how many were removed.
+/// start. Returns how many were removed. It runs a runtime of its own: call it from a thread
+/// outside any async context (the hosts call it from a thread of its own at start).
 pub fn sweep_dead_hosts(host: Option<String>) -> Result<usize, SandboxError> {
     let engine = engine_address(&DockerConfig {
         host,
