@@ -7,7 +7,6 @@ real binary with `spindle run` and a private XDG_CACHE_HOME.
 """
 import marshal
 import os
-import pathlib
 import stat
 import subprocess
 import sys

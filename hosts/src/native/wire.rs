@@ -218,10 +218,11 @@ impl Budget {
 
 /// About how many bytes a message takes as JSON, to size its buffer once.
 pub trait JsonSize {
-    fn json_size_hint(&self) -> usize {
-        256
-    }
+    fn json_size_hint(&self) -> usize;
 }
+
+/// The hint for a message that carries no chunk.
+const SMALL_MESSAGE: usize = 256;
 
 /// A chunk as JSON: its text (escaped: a newline takes two bytes) and the envelope. Rich
 /// bodies are mostly base64 and JSON already.
@@ -248,7 +249,7 @@ impl JsonSize for Reply {
     fn json_size_hint(&self) -> usize {
         match &self.body {
             ReplyBody::Chunk { chunk } => chunk_size_hint(chunk),
-            _ => 256,
+            _ => SMALL_MESSAGE,
         }
     }
 }
@@ -257,7 +258,7 @@ impl JsonSize for spindle_protocol::native::Event {
     fn json_size_hint(&self) -> usize {
         match self {
             spindle_protocol::native::Event::Chunk { chunk } => chunk_size_hint(chunk),
-            _ => 256,
+            _ => SMALL_MESSAGE,
         }
     }
 }
