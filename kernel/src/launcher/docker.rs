@@ -42,7 +42,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{
     give_to, mkfifo, open_fifo_reader, open_fifo_writer, request_opener, set_pipe_size,
-    write_private, ExitInfo, LaunchRequest, Launcher, ProcessControl, Spawned,
+    write_private, ExitInfo, LaunchRequest, Launcher, ProcessControl, Sink, Source, Spawned,
 };
 use crate::error::KernelError;
 
@@ -758,13 +758,13 @@ impl Launcher for DockerLauncher {
         let open_requests = request_opener(req_path.clone());
         Ok(Spawned {
             control,
-            pty_reader: Box::new(ChannelReader {
+            pty_reader: Source::Reader(Box::new(ChannelReader {
                 rx: out_rx,
                 buf: Bytes::new(),
-            }),
-            pty_writer: Box::new(AttachWriter { input }),
-            err_reader: Box::new(err_reader),
-            evt_reader: Box::new(evt_reader),
+            })),
+            pty_writer: Sink::Writer(Box::new(AttachWriter { input })),
+            err_reader: Source::Fd(err_reader.into()),
+            evt_reader: Source::Fd(evt_reader.into()),
             open_requests,
             wait,
         })

@@ -9,7 +9,8 @@ use portable_pty::{CommandBuilder, PtySize};
 
 use super::{
     dup, guardian, kill_session, mkfifo, open_fifo_reader, open_fifo_writer, request_opener,
-    set_pipe_size, write_private, ExitInfo, LaunchRequest, Launcher, ProcessControl, Spawned,
+    set_pipe_size, write_private, ExitInfo, LaunchRequest, Launcher, ProcessControl, Sink, Source,
+    Spawned,
 };
 use crate::error::KernelError;
 
@@ -104,14 +105,9 @@ impl Launcher for LocalPtyLauncher {
         if let Some(pid) = pid {
             guardian::register(pid as i32);
         }
-        let pty_reader = pair
-            .master
-            .try_clone_reader()
-            .map_err(|e| start_err(format!("PTY reader: {e}")))?;
-        let pty_writer = pair
-            .master
-            .take_writer()
-            .map_err(|e| start_err(format!("PTY writer: {e}")))?;
+        // The kernel polls the master on its runtime, reading and writing through duplicates.
+        let pty_reader = Source::Fd(dup(master_fd)?);
+        let pty_writer = Sink::Fd(dup(master_fd)?);
         let control_fd = dup(master_fd)?;
         let control = Arc::new(LocalControl {
             pid,
@@ -161,8 +157,8 @@ impl Launcher for LocalPtyLauncher {
             control,
             pty_reader,
             pty_writer,
-            err_reader: Box::new(err_reader),
-            evt_reader: Box::new(evt_reader),
+            err_reader: Source::Fd(err_reader.into()),
+            evt_reader: Source::Fd(evt_reader.into()),
             open_requests,
             wait,
         })

@@ -107,15 +107,28 @@ pub trait ProcessControl: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// A stream the kernel reads: a descriptor it polls on its runtime (a FIFO, a PTY master: the
+/// kernel makes it non-blocking, which its duplicates share), or a reader that needs a thread.
+pub enum Source {
+    Fd(OwnedFd),
+    Reader(Box<dyn Read + Send>),
+}
+
+/// A stream the kernel writes, the same two ways.
+pub enum Sink {
+    Fd(OwnedFd),
+    Writer(Box<dyn Write + Send>),
+}
+
 /// A started process and its streams.
 pub struct Spawned {
     pub control: Arc<dyn ProcessControl>,
-    pub pty_reader: Box<dyn Read + Send>,
-    pub pty_writer: Box<dyn Write + Send>,
-    pub err_reader: Box<dyn Read + Send>,
-    pub evt_reader: Box<dyn Read + Send>,
+    pub pty_reader: Source,
+    pub pty_writer: Sink,
+    pub err_reader: Source,
+    pub evt_reader: Source,
     /// Opens the request stream; call it once the child said `ready` (it opens its end first).
-    pub open_requests: Box<dyn FnOnce() -> io::Result<Box<dyn Write + Send>> + Send>,
+    pub open_requests: Box<dyn FnOnce() -> io::Result<Sink> + Send>,
     /// Blocks until the process ends, reaping it. Runs on its own thread.
     pub wait: Box<dyn FnOnce() -> ExitInfo + Send>,
 }
@@ -192,18 +205,15 @@ pub(crate) fn open_fifo_writer(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// How a launcher opens the request FIFO once the child is there: blocking writes, a 1 MiB pipe.
-pub(crate) fn request_opener(
-    req_path: PathBuf,
-) -> Box<dyn FnOnce() -> io::Result<Box<dyn Write + Send>> + Send> {
-    Box::new(move || -> io::Result<Box<dyn Write + Send>> {
+/// How a launcher opens the request FIFO once the child is there: a 1 MiB pipe, polled.
+pub(crate) fn request_opener(req_path: PathBuf) -> Box<dyn FnOnce() -> io::Result<Sink> + Send> {
+    Box::new(move || -> io::Result<Sink> {
         let f = std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(&req_path)?;
-        clear_nonblock(f.as_raw_fd());
         set_pipe_size(f.as_raw_fd(), 1 << 20);
-        Ok(Box::new(f))
+        Ok(Sink::Fd(f.into()))
     })
 }
 

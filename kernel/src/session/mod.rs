@@ -9,6 +9,7 @@
 
 mod actor;
 mod log;
+mod pipes;
 mod proc;
 
 pub use log::{LogStats, Watched, Watcher};
@@ -77,7 +78,7 @@ struct Shared {
     language_version: Option<String>,
     starts: u64,
     control: Option<Arc<dyn ProcessControl>>,
-    req_tx: Option<std::sync::mpsc::Sender<Outbound>>,
+    req_tx: Option<mpsc::UnboundedSender<Outbound>>,
     input_pending: bool,
     /// When the pending input request is a terminal prompt: whose it is.
     tty_input: Option<actor::prompt::TtyPending>,

@@ -1,7 +1,6 @@
-//! The process and its reader threads: one thread per stream (PTY, stderr, events), a waiter,
-//! and the writers for the terminal and for requests.
+//! The process and its streams: readers for the PTY, stderr and events, the writers for the
+//! terminal and for requests (tasks on the runtime, see [`pipes`]), and a waiter thread.
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +8,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Inner, DRAIN_LIMIT};
+use super::{pipes, Inner, DRAIN_LIMIT};
 use crate::error::KernelError;
-use crate::frames::{Frame, FrameReader, Piece, SentinelScanner, Utf8Decoder};
+use crate::frames::{Frame, Piece, Utf8Decoder};
 use crate::language::{LaunchContext, Outbound};
 use crate::launcher::{make_run_dir, write_private, ExitInfo, LaunchRequest, ProcessControl};
 use crate::options::{KernelConfig, SessionSpec};
@@ -52,39 +51,6 @@ impl Drop for Proc {
         self.control.kill_all();
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }
-}
-
-fn spawn_reader(
-    name: &str,
-    mut r: Box<dyn Read + Send>,
-    nonce: String,
-    tx: mpsc::Sender<Piece>,
-) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name(format!("spindle-{name}"))
-        .spawn(move || {
-            let mut scanner = SentinelScanner::new(&nonce);
-            let mut buf = vec![0u8; 64 << 10];
-            loop {
-                match r.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        for piece in scanner.feed(&buf[..n]) {
-                            if tx.blocking_send(piece).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => break, // EIO: the terminal's last user is gone
-                }
-            }
-            let rest = scanner.take_held();
-            if !rest.is_empty() {
-                let _ = tx.blocking_send(Piece::Data(rest));
-            }
-        })
-        .map(|_| ())
 }
 
 impl Proc {
@@ -145,89 +111,53 @@ impl Proc {
         // Event frames are up to 1 MiB each: a short queue bounds what a flood holds here.
         let (evt_tx, evt_rx) = mpsc::channel(4);
         let (exit_tx, exit_rx) = oneshot::channel();
-        spawn_reader("pty", spawned.pty_reader, nonce.clone(), pty_tx)?;
-        spawn_reader("stderr", spawned.err_reader, nonce, err_tx)?;
-        let evt_reader = spawned.evt_reader;
-        std::thread::Builder::new()
-            .name("spindle-events".into())
-            .spawn(move || {
-                let mut r = FrameReader::new(evt_reader);
-                loop {
-                    let item = match r.next_frame() {
-                        Ok(Some(Ok(f))) => EvtItem::Frame(f),
-                        Ok(Some(Err(e))) => EvtItem::Bad(e.to_string()),
-                        Ok(None) | Err(_) => break,
-                    };
-                    let bad = matches!(item, EvtItem::Bad(_));
-                    if evt_tx.blocking_send(item).is_err() || bad {
-                        break;
-                    }
-                }
-                // After a malformed header the stream cannot be trusted: drain and drop it so
-                // the child never blocks on a full pipe.
-                let mut sink = [0u8; 64 << 10];
-                let mut inner = r.into_inner();
-                while matches!(inner.read(&mut sink), Ok(n) if n > 0) {}
-            })?;
+        pipes::spawn_pieces("pty", spawned.pty_reader, nonce.clone(), pty_tx)?;
+        pipes::spawn_pieces("stderr", spawned.err_reader, nonce, err_tx)?;
+        pipes::spawn_events(spawned.evt_reader, evt_tx)?;
         let wait = spawned.wait;
         std::thread::Builder::new()
             .name("spindle-wait".into())
             .spawn(move || {
                 let _ = exit_tx.send(wait());
             })?;
-        // Writers: one thread for the terminal, one for requests (files, FIFO, then any
-        // terminal bytes, in that order).
-        let (term_tx, term_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-        let mut pty_writer = spawned.pty_writer;
-        std::thread::Builder::new()
-            .name("spindle-stdin".into())
-            .spawn(move || {
-                for bytes in term_rx {
-                    if pty_writer
-                        .write_all(&bytes)
-                        .and_then(|_| pty_writer.flush())
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            })?;
-        let (req_tx, req_rx) = std::sync::mpsc::channel::<Outbound>();
+        // Writers: one for the terminal, one task for requests (files, FIFO, then any terminal
+        // bytes, in that order).
+        let (term_tx, term_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        pipes::spawn_writer("stdin", spawned.pty_writer, term_rx)?;
+        let (req_tx, mut req_rx) = mpsc::unbounded_channel::<Outbound>();
         let open_requests = spawned.open_requests;
         let dir = run_dir.clone();
         let term_for_req = term_tx.clone();
-        std::thread::Builder::new()
-            .name("spindle-requests".into())
-            .spawn(move || {
-                let mut open = Some(open_requests);
-                let mut fifo: Option<Box<dyn Write + Send>> = None;
-                for out in req_rx {
-                    for (name, bytes) in &out.files {
-                        if let Err(e) = write_private(&dir.join(name), bytes) {
-                            tracing::warn!(error = %e, file = name, "cannot write request file");
-                        }
+        tokio::spawn(async move {
+            let mut open = Some(open_requests);
+            let mut fifo: Option<pipes::Opened> = None;
+            while let Some(out) = req_rx.recv().await {
+                for (name, bytes) in &out.files {
+                    if let Err(e) = write_private(&dir.join(name), bytes) {
+                        tracing::warn!(error = %e, file = name, "cannot write request file");
                     }
-                    if !out.fifo.is_empty() {
-                        if fifo.is_none() {
-                            match open.take().map(|f| f()) {
-                                Some(Ok(w)) => fifo = Some(w),
-                                Some(Err(e)) => {
-                                    tracing::warn!(error = %e, "cannot open the request stream");
-                                    break;
-                                }
-                                None => break,
+                }
+                if !out.fifo.is_empty() {
+                    if fifo.is_none() {
+                        match open.take().map(|f| f().and_then(pipes::Opened::open)) {
+                            Some(Ok(w)) => fifo = Some(w),
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "cannot open the request stream");
+                                break;
                             }
-                        }
-                        let w = fifo.as_mut().expect("opened above");
-                        if w.write_all(&out.fifo).and_then(|_| w.flush()).is_err() {
-                            break;
+                            None => break,
                         }
                     }
-                    if !out.pty.is_empty() && term_for_req.send(out.pty).is_err() {
+                    let w = fifo.as_ref().expect("opened above");
+                    if w.write_all(&out.fifo).await.is_err() {
                         break;
                     }
                 }
-            })?;
+                if !out.pty.is_empty() && term_for_req.send(out.pty).is_err() {
+                    break;
+                }
+            }
+        });
 
         let mut proc = Proc {
             control: spawned.control,
