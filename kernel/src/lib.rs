@@ -14,6 +14,7 @@
 //!   requests into its bootstrap's words. The `spindle-languages` crate implements it.
 //! - [`launcher`]: starting processes ([`Launcher`]); the local one uses `portable-pty` and FIFOs,
 //!   the Docker one runs each process in a locked-down container.
+//! - [`buffers`]: megabyte buffers kept for reuse (payloads, JSON) instead of mapped afresh.
 //! - [`frames`]: parsing what a child sends (event frames, sentinels, split UTF-8).
 //! - [`images`]: checking image bytes and making downscaled copies.
 //! - [`options`]: kernel, session and execution settings.
@@ -22,6 +23,7 @@
 //!
 //! The contract between the kernel and a bootstrap is `docs/child-protocol.md`.
 
+pub mod buffers;
 pub mod error;
 pub mod files;
 pub mod frames;

@@ -218,7 +218,11 @@ impl Relay {
         let ev = Event::Chunk {
             chunk: chunk.clone(),
         };
-        if self.events.publish(&self.session, &ev, self.wait()).await {
+        let published = self.events.publish(&self.session, &ev, self.wait()).await;
+        if let Event::Chunk { chunk } = ev {
+            spindle_kernel::buffers::recycle_chunk(chunk);
+        }
+        if published {
             self.degraded = false;
         } else {
             self.give_up(rx);

@@ -763,7 +763,11 @@ async fn stream(client: Arc<Client>, id: String, session: String, mut exec: Exec
             id: Some(id.clone()),
             body: ReplyBody::Chunk { chunk },
         };
-        match client.send(&reply, wait).await {
+        let sent = client.send(&reply, wait).await;
+        if let ReplyBody::Chunk { chunk } = reply.body {
+            spindle_kernel::buffers::recycle_chunk(chunk);
+        }
+        match sent {
             Sent::Yes => {}
             Sent::Stalled => {
                 if !stalled {

@@ -149,6 +149,13 @@ impl AsRef<[u8]> for Charged {
     }
 }
 
+impl Drop for Charged {
+    fn drop(&mut self) {
+        // The socket is done with it: the next message is written into the same memory.
+        spindle_kernel::buffers::recycle(std::mem::take(&mut self.json));
+    }
+}
+
 /// A byte budget.
 #[derive(Debug, Clone)]
 pub struct Budget {
@@ -198,11 +205,12 @@ impl Budget {
     ) -> Option<[Bytes; 2]> {
         // Sized up front: a megabyte of output grown by doubling from nothing is copied twice
         // over and takes a dozen fresh allocations.
-        let mut json = Vec::with_capacity(msg.json_size_hint());
+        let mut json = spindle_kernel::buffers::take(msg.json_size_hint());
         let json = match serde_json::to_writer(&mut json, msg) {
             Ok(()) => json,
             Err(e) => {
                 tracing::error!(error = %e, "cannot serialise a message");
+                spindle_kernel::buffers::recycle(json);
                 return None;
             }
         };

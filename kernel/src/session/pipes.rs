@@ -306,7 +306,7 @@ impl Frames {
             Err(e) => return Ok(Some(Err(e))),
         };
         let buffered = (self.buf.len() - self.start).min(len);
-        let mut payload = Vec::with_capacity(len);
+        let mut payload = crate::buffers::take(len);
         payload.extend_from_slice(&self.buf[self.start..self.start + buffered]);
         self.start += buffered;
         while payload.len() < len {
