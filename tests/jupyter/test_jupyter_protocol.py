@@ -2,6 +2,7 @@
 import contextlib
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -468,3 +469,20 @@ def test_history_persists_across_kernels():
         msg_id = kc.history(hist_access_type="tail", n=1, output=False, raw=True)
         (s2, _, _), = shell_reply(kc, msg_id)["content"]["history"]
         assert s2 > s1
+
+
+@pytest.mark.parametrize("stop", ["shutdown_request", "SIGTERM"])
+def test_history_batched_entries_reach_the_store_on_stop(spindle_bin, tmp_path, stop):
+    """The history's writer lets entries gather (50 ms) before one append; a kernel told to
+    stop right after an execution still writes it (regression: batching without a flush)."""
+    marker = f"batched_marker_{stop}_{os.getpid()} = 1"
+    with unmanaged_kernel(spindle_bin, tmp_path) as (proc, kc):
+        run(kc, marker)
+        if stop == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            kc.control_channel.send(kc.session.msg("shutdown_request", {"restart": False}))
+            kc.control_channel.get_msg(timeout=TIMEOUT)
+        assert proc.wait(timeout=10) == 0
+    store = pathlib.Path(os.environ["XDG_DATA_HOME"]) / "spindle" / "history" / "python.jsonl"
+    assert marker in store.read_text(), "the last execution is in the store"

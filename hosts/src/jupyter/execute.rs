@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use jupyter_protocol::{
     ClearOutput, DisplayData, ErrorOutput, ExecuteInput, ExecuteReply, ExecuteRequest,
@@ -42,6 +42,8 @@ pub(crate) struct Mapper {
     pub result_text: Option<String>,
     /// Help for the pager (`obj?`): `page` payloads of the reply.
     pub pages: Vec<Payload>,
+    /// Where stream messages' JSON is written, reused from one to the next.
+    json: BytesMut,
 }
 
 impl Mapper {
@@ -54,15 +56,16 @@ impl Mapper {
             finished: None,
             result_text: None,
             pages: Vec::new(),
+            json: BytesMut::new(),
         }
     }
 
-    async fn stream(&self, server: &Server, name: Stdio, text: String) {
+    async fn stream(&mut self, server: &Server, name: Stdio, text: String) {
         if !self.silent {
-            let json = super::wire::stream_json(&StreamContent { name, text });
-            server
-                .publish_raw(&self.parent, "stream", Bytes::from(json))
-                .await;
+            let content = StreamContent { name, text };
+            let json = super::wire::stream_json(&content, &mut self.json);
+            spindle_kernel::buffers::recycle_text(content.text);
+            server.publish_raw(&self.parent, "stream", json).await;
         }
     }
 
@@ -250,7 +253,6 @@ pub(crate) async fn execute(server: &Server, req: &Request, abort: bool) -> bool
         return false;
     };
     let parent = &req.header_raw;
-    server.status(parent, ExecutionState::Busy).await;
     let (failed, record) = run(server, req, r, abort).await;
     server.status(parent, ExecutionState::Idle).await;
     // After idle: the client has its answer; the history's writer wakes off that path.
@@ -263,6 +265,8 @@ pub(crate) async fn execute(server: &Server, req: &Request, abort: bool) -> bool
 /// What the history keeps of an execution: its count and the text of its result.
 type Record = Option<(u64, Option<String>)>;
 
+/// Serve an execute request between busy and idle: publishes busy itself, right after the
+/// code is on its way to the session, so the child runs while busy goes out.
 pub(crate) async fn run(
     server: &Server,
     req: &Request,
@@ -271,6 +275,17 @@ pub(crate) async fn run(
 ) -> (bool, Record) {
     let parent = &req.header_raw;
     let no_exprs = HashMap::new;
+    let busy = || server.status(parent, ExecutionState::Busy);
+    let code = r.code.as_str();
+    // The early answers (aborted, empty code, exit) publish busy first; an execution once its
+    // code is on the way.
+    let early = abort
+        || code.trim().is_empty()
+        || (server.lang.spindle == "python"
+            && matches!(code.trim(), "exit" | "quit" | "exit()" | "quit()"));
+    if early {
+        busy().await;
+    }
     if abort {
         let reply = reply(
             ReplyStatus::Aborted,
@@ -291,7 +306,6 @@ pub(crate) async fn run(
         code: r.code.clone(),
         execution_count: ExecutionCount::new(count as usize),
     };
-    let code = r.code.as_str();
     // The session refuses empty code; Jupyter treats it as a no-op.
     if code.trim().is_empty() {
         let count = server.count_now();
@@ -330,7 +344,10 @@ pub(crate) async fn run(
     };
     let mut outcome = None;
     match server.session().await {
-        Err(e) => fail(&mut m, "SessionError", e),
+        Err(e) => {
+            busy().await;
+            fail(&mut m, "SessionError", e)
+        }
         Ok(session) => {
             let id = uuid::Uuid::new_v4().to_string();
             server.mark_ours(&id);
@@ -351,7 +368,9 @@ pub(crate) async fn run(
                 parent: serde_json::from_slice(parent).ok(),
                 ..ExecOptions::default()
             };
-            match session.execute(code, opts) {
+            let exec = session.execute(code, opts);
+            busy().await;
+            match exec {
                 Err(e) => {
                     server.set_own_busy(false);
                     fail(&mut m, "SessionError", e.to_string())

@@ -19,6 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -74,8 +75,25 @@ pub struct History {
     path: Option<PathBuf>,
     state: Mutex<State>,
     /// Appends go to a writer thread, off the request path.
-    writer: Option<Mutex<std::sync::mpsc::Sender<Line>>>,
+    writer: Option<Mutex<std::sync::mpsc::Sender<ToWriter>>>,
 }
+
+impl Drop for History {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// What the writer thread is sent.
+enum ToWriter {
+    Line(Line),
+    /// Append what is queued now, then answer.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// How long the writer lets entries gather before one append: executions in quick succession
+/// then cost one wake-up and one locked append between them, not one each.
+const BATCH: Duration = Duration::from_millis(50);
 
 impl History {
     /// Open (or create) the store for `language` and claim a session number. Failures to read
@@ -96,16 +114,30 @@ impl History {
             }
         }
         let writer = path.clone().and_then(|p| {
-            let (tx, rx) = std::sync::mpsc::channel::<Line>();
+            let (tx, rx) = std::sync::mpsc::channel::<ToWriter>();
             std::thread::Builder::new()
                 .name("spindle-history".into())
                 .spawn(move || {
-                    while let Ok(line) = rx.recv() {
-                        // What queued up meanwhile goes in the same locked append.
-                        let mut lines = vec![line];
-                        lines.extend(rx.try_iter());
-                        if let Err(e) = append(&p, &lines) {
-                            tracing::warn!(error = %e, "history: cannot append");
+                    while let Ok(first) = rx.recv() {
+                        let (mut lines, mut acks) = (Vec::new(), Vec::new());
+                        let mut take = |m| match m {
+                            ToWriter::Line(l) => lines.push(l),
+                            ToWriter::Flush(ack) => acks.push(ack),
+                        };
+                        let flush = matches!(first, ToWriter::Flush(_));
+                        take(first);
+                        if !flush {
+                            // Sends while this sleeps wake nobody.
+                            std::thread::sleep(BATCH);
+                        }
+                        rx.try_iter().for_each(&mut take);
+                        if !lines.is_empty() {
+                            if let Err(e) = append(&p, &lines) {
+                                tracing::warn!(error = %e, "history: cannot append");
+                            }
+                        }
+                        for ack in acks {
+                            let _ = ack.send(());
                         }
                     }
                 })
@@ -167,7 +199,24 @@ impl History {
             entry
         };
         if let Some(w) = &self.writer {
-            let _ = w.lock().expect("history writer").send(Line::Entry(entry));
+            let _ = w
+                .lock()
+                .expect("history writer")
+                .send(ToWriter::Line(Line::Entry(entry)));
+        }
+    }
+
+    /// Wait (a second at most) until what was recorded is in the store.
+    pub fn flush(&self) {
+        if let Some(w) = &self.writer {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            if w.lock()
+                .expect("history writer")
+                .send(ToWriter::Flush(tx))
+                .is_ok()
+            {
+                let _ = rx.recv_timeout(Duration::from_secs(1));
+            }
         }
     }
 

@@ -118,6 +118,7 @@ async fn release_code_when_idle(
         tokio::select! {
             _ = tokio::time::sleep(delay) => {
                 crate::common::release_code();
+                spindle_kernel::buffers::release();
                 delay = IDLE_RELEASE;
                 // Nothing ran since: nothing to give back until something does.
                 if busy.wait_for(|b| *b).await.is_err() {
@@ -212,6 +213,7 @@ async fn run_kernel(
         }
     };
     tracing::info!(?reason, "kernel stopping");
+    running.server.flush_history().await;
     starter.abort();
     release.abort();
     kernel.shutdown().await;

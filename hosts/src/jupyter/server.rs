@@ -360,6 +360,13 @@ impl Server {
             .clone()
     }
 
+    /// Put what the history recorded into its store (before the process ends).
+    pub(crate) async fn flush_history(&self) {
+        if let Some(h) = self.history.get().cloned() {
+            let _ = tokio::task::spawn_blocking(move || h.flush()).await;
+        }
+    }
+
     pub(crate) fn stop(&self, why: StopReason) {
         self.stop_tx.send_if_modified(|v| {
             if v.is_none() {

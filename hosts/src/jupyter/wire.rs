@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Timelike, Utc};
 use jupyter_protocol::{Header, JupyterMessageContent};
 use serde::Serialize;
@@ -269,25 +269,28 @@ impl Wire {
 
 /// The content of a `stream` message as JSON. Output is the one large payload a kernel sends
 /// often, so its text is escaped eight bytes at a time instead of through serde's per-byte
-/// loop; the result is byte-for-byte what `serde_json::to_vec` gives.
-pub fn stream_json(content: &jupyter_protocol::StreamContent) -> Vec<u8> {
+/// loop; the result is byte-for-byte what `serde_json::to_vec` gives. It is written into
+/// `out`'s memory: once the message that held the previous result is sent and dropped, the
+/// same megabyte serves again, instead of a fresh mapping whose every page faults in.
+pub fn stream_json(content: &jupyter_protocol::StreamContent, out: &mut BytesMut) -> Bytes {
     let name = match content.name {
         jupyter_protocol::Stdio::Stdout => "stdout",
         jupyter_protocol::Stdio::Stderr => "stderr",
     };
     let text = content.text.as_bytes();
-    let mut out = Vec::with_capacity(text.len() + text.len() / 16 + 40);
+    out.clear();
+    out.reserve(text.len() + text.len() / 16 + 40);
     out.extend_from_slice(b"{\"name\":\"");
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"\",\"text\":\"");
-    escape_into(&mut out, text);
+    escape_into(out, text);
     out.extend_from_slice(b"\"}");
-    out
+    out.split().freeze()
 }
 
 /// Append `s` (UTF-8) as the inside of a JSON string: `"`, `\\` and control characters escaped
 /// as serde_json does, everything else (including non-ASCII) copied.
-fn escape_into(out: &mut Vec<u8>, s: &[u8]) {
+fn escape_into(out: &mut BytesMut, s: &[u8]) {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     // High bit set in bytes of `w` (little-endian) that are below 0x20, a quote or a
@@ -326,8 +329,7 @@ fn escape_into(out: &mut Vec<u8>, s: &[u8]) {
                 out.extend_from_slice(&s[start..i]);
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.extend_from_slice(b"\\u00");
-                out.push(HEX[(c >> 4) as usize]);
-                out.push(HEX[(c & 0xf) as usize]);
+                out.extend_from_slice(&[HEX[(c >> 4) as usize], HEX[(c & 0xf) as usize]]);
                 i += 1;
                 start = i;
                 continue;
@@ -438,7 +440,7 @@ mod tests {
                     text: text.clone(),
                 };
                 assert_eq!(
-                    String::from_utf8(stream_json(&c)).unwrap(),
+                    String::from_utf8(stream_json(&c, &mut BytesMut::new()).to_vec()).unwrap(),
                     serde_json::to_string(&c).unwrap()
                 );
             }

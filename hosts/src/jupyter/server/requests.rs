@@ -6,7 +6,10 @@ use super::*;
 impl Server {
     /// Serve one request that is not an execution (shell or control), wrapped in busy/idle.
     pub(super) async fn handle(self: &Arc<Self>, chan: Chan, req: Request) {
-        self.status(&req.header_raw, ExecutionState::Busy).await;
+        // An execution publishes busy itself, once its code is on the way.
+        if !matches!(req.content, Ok(JupyterMessageContent::ExecuteRequest(_))) {
+            self.status(&req.header_raw, ExecutionState::Busy).await;
+        }
         self.dispatch(chan, &req).await;
         self.status(&req.header_raw, ExecutionState::Idle).await;
     }
