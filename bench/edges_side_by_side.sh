@@ -28,6 +28,18 @@ done
 out=${OUT:-$root/bench/results/edges-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out"
 
+# The same start for every binary's page cache. How much of a binary's code an idle kernel
+# has mapped depends on it: a file just written (a fresh build or copy) sits in the page cache
+# in large folios, and a fault then maps more of it (4 MB of code instead of 2 for the same
+# binary). Written back and dropped, every binary is read from disk alike, as an installed one is.
+for b in "${builds[@]}"; do
+	rest=${b#*=}
+	for f in "${rest%%:*}" "${rest#*:}"; do
+		sync "$f"
+		dd if="$f" iflag=nocache count=0 status=none
+	done
+done
+
 for ((r = 1; r <= rounds; r++)); do
 	for b in "${builds[@]}"; do
 		name=${b%%=*}
@@ -48,6 +60,11 @@ done
 
 # Raw output names no local directories: the repository's own path and the temporary prefixes go.
 sed -i -E "s|$root/||g; s|/tmp/spindle-edges\.[A-Za-z0-9]+|<prefix>|g" "$out"/*
+for b in "${builds[@]}"; do
+	name=${b%%=*}
+	rest=${b#*=}
+	sed -i "s|${rest%%:*}|<$name>/spindle|g" "$out"/*
+done
 
 "$py" - "$out" "${builds[@]}" <<'PY'
 import json, pathlib, re, statistics, sys

@@ -1,31 +1,23 @@
 //! The `spindle` binary: a thin shell over the `spindle` library's hosts.
 
+/// jemalloc, not glibc's malloc. A host streams output through buffers of about a megabyte (an
+/// event frame, its JSON, the signed message). glibc either maps each afresh, so that every
+/// page of every buffer is faulted in and zeroed again (the fixed 128 KiB mmap threshold this
+/// binary used), or, with its default sliding threshold, keeps what a flood freed in its heaps
+/// (a 200 MiB flood left the host at ~180 MB once idle). jemalloc reuses freed buffers and
+/// gives back what stays unused: see [`malloc_conf`]. Options in `_RJEM_MALLOC_CONF` win.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read once as it starts: a background thread purges dirty pages unused
+/// for about a second (so an idle host gives memory back with no allocation to trigger it),
+/// without the lazy `MADV_FREE` stage (such pages still count in RSS), in two arenas (a host
+/// has few busy threads; fewer arenas strand less memory).
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:2\0";
+
 fn main() -> std::process::ExitCode {
-    tune_allocator();
     spindle::cli::main()
 }
-
-/// Make glibc's malloc give memory back after a burst. By default glibc raises its mmap
-/// threshold each time a large block is freed (up to 32 MiB), so after the first megabyte-sized
-/// chunk the host's chunk, JSON and frame buffers come from its heaps, where what is freed
-/// mostly stays resident: a 200 MiB flood left the host at ~180 MB once idle. A fixed threshold
-/// keeps every block of 128 KiB or more in its own mapping, returned to the system when freed,
-/// and fewer arenas leave less freed memory stranded in small pieces. Settings from the
-/// environment (`GLIBC_TUNABLES`, `MALLOC_*_`) win.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_allocator() {
-    let overridden = std::env::var_os("GLIBC_TUNABLES")
-        .is_some_and(|t| t.to_string_lossy().contains("glibc.malloc."))
-        || std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with("MALLOC_"));
-    if overridden {
-        return;
-    }
-    // SAFETY: mallopt only sets allocator parameters; this runs before any thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
-        libc::mallopt(libc::M_ARENA_MAX, 4);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_allocator() {}

@@ -1,8 +1,8 @@
 //! Megabyte buffers kept for reuse. Output travels in blocks of up to a megabyte (an event
-//! frame's payload, which becomes a chunk's text; a message's JSON). glibc maps every block of
-//! 128 KiB or more afresh (the host fixes that threshold so that memory goes back after a
-//! flood), so each page of each such buffer faults in and is zeroed again: about a quarter of a
-//! host's CPU in a stream. A buffer handed back with [`recycle`] serves the next [`take`].
+//! frame's payload, which becomes a chunk's text; a message's JSON). An allocator that maps
+//! such blocks afresh (glibc above its mmap threshold) has each page of each buffer fault in
+//! and be zeroed again: about a quarter of a host's CPU in a stream. A buffer handed back with
+//! [`recycle`] serves the next [`take`], whatever the allocator.
 //!
 //! At most [`KEEP`] bytes wait here, and [`release`] gives them back to the allocator (an idle
 //! Jupyter kernel calls it), so what this keeps is small and bounded.
