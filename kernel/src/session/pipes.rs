@@ -381,3 +381,98 @@ impl Opened {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::FromRawFd;
+
+    fn pipe() -> (OwnedFd, std::fs::File) {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills two new descriptors that we then own.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        unsafe {
+            (
+                OwnedFd::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_split_across_writes_arrive_whole_and_in_order() {
+        let (r, mut w) = pipe();
+        let mut frames = Frames::new(Pollable::new(r, Interest::READABLE).unwrap());
+        let big = vec![b'x'; 3 << 20]; // larger than the buffer and the pipe
+        let writer = std::thread::spawn(move || {
+            w.write_all(b"m 1 2\n{}o 2 ").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            w.write_all(format!("{}\n", big.len()).as_bytes()).unwrap();
+            for part in big.chunks(100_000) {
+                w.write_all(part).unwrap();
+            }
+            w.write_all(b"e 3 0\n").unwrap();
+        });
+        let f = frames.next_frame().await.unwrap().unwrap().unwrap();
+        assert_eq!(
+            (f.kind, f.sync, f.payload.as_slice()),
+            (b'm', 1, &b"{}"[..])
+        );
+        let f = frames.next_frame().await.unwrap().unwrap().unwrap();
+        assert_eq!((f.kind, f.sync, f.payload.len()), (b'o', 2, 3 << 20));
+        assert!(f.payload.iter().all(|&b| b == b'x'));
+        let f = frames.next_frame().await.unwrap().unwrap().unwrap();
+        assert_eq!((f.kind, f.sync, f.payload.len()), (b'e', 3, 0));
+        writer.join().unwrap();
+        assert!(
+            frames.next_frame().await.unwrap().is_none(),
+            "end of stream"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_headers_are_errors_and_a_cut_payload_is_unexpected_eof() {
+        let (r, mut w) = pipe();
+        let mut frames = Frames::new(Pollable::new(r, Interest::READABLE).unwrap());
+        w.write_all(b"q 1 2\n").unwrap();
+        let e = frames.next_frame().await.unwrap().unwrap().unwrap_err();
+        assert_eq!(e.reason, "unknown kind");
+        w.write_all(&[b'a'; 200]).unwrap();
+        let e = frames.next_frame().await.unwrap().unwrap().unwrap_err();
+        assert_eq!(e.reason, "header too long");
+
+        let (r, mut w) = pipe();
+        let mut frames = Frames::new(Pollable::new(r, Interest::READABLE).unwrap());
+        w.write_all(b"o 1 10\nabc").unwrap();
+        drop(w);
+        let e = frames.next_frame().await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn pieces_keep_sentinels_in_place_and_end_with_the_stream() {
+        let (r, mut w) = pipe();
+        let (tx, mut rx) = mpsc::channel(8);
+        spawn_pieces("test", Source::Fd(r), "abc".into(), tx).unwrap();
+        w.write_all(b"one\x1b]5151;abc;7\x07two").unwrap();
+        drop(w);
+        let mut got = Vec::new();
+        while let Some(p) = rx.recv().await {
+            got.push(p);
+        }
+        let data: Vec<u8> = got
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Data(d) => Some(d.clone()),
+                Piece::Sentinel(_) => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(data, b"onetwo");
+        let at = got
+            .iter()
+            .position(|p| *p == Piece::Sentinel(7))
+            .expect("the sentinel");
+        assert!(matches!(&got[at - 1], Piece::Data(d) if d.ends_with(b"one")));
+    }
+}
