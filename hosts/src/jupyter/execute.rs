@@ -275,18 +275,12 @@ pub(crate) async fn run(
 ) -> (bool, Record) {
     let parent = &req.header_raw;
     let no_exprs = HashMap::new;
-    let busy = || server.status(parent, ExecutionState::Busy);
-    let code = r.code.as_str();
     // The early answers (aborted, empty code, exit) publish busy first; an execution once its
     // code is on the way.
-    let early = abort
-        || code.trim().is_empty()
-        || (server.lang.spindle == "python"
-            && matches!(code.trim(), "exit" | "quit" | "exit()" | "quit()"));
-    if early {
-        busy().await;
-    }
+    let busy = || server.status(parent, ExecutionState::Busy);
+    let code = r.code.as_str();
     if abort {
+        busy().await;
         let reply = reply(
             ReplyStatus::Aborted,
             server.count_now(),
@@ -308,6 +302,7 @@ pub(crate) async fn run(
     };
     // The session refuses empty code; Jupyter treats it as a no-op.
     if code.trim().is_empty() {
+        busy().await;
         let count = server.count_now();
         if !r.silent {
             server.publish(parent, "execute_input", &input(count)).await;
@@ -323,6 +318,7 @@ pub(crate) async fn run(
     {
         // As IPython does: ask the frontend to leave (and stop the kernel it started) rather
         // than end the session's process under it.
+        busy().await;
         let count = server.count_now();
         if !r.silent {
             server.publish(parent, "execute_input", &input(count)).await;

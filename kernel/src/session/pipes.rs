@@ -218,11 +218,7 @@ pub(super) fn spawn_events(source: Source, tx: mpsc::Sender<EvtItem>) -> io::Res
                         f = frames.next_frame() => f,
                         _ = tx.closed() => return,
                     };
-                    let item = match item {
-                        Ok(Some(Ok(f))) => EvtItem::Frame(f),
-                        Ok(Some(Err(e))) => EvtItem::Bad(e.to_string()),
-                        Ok(None) | Err(_) => return,
-                    };
+                    let Some(item) = evt_item(item) else { return };
                     let bad = matches!(item, EvtItem::Bad(_));
                     if tx.send(item).await.is_err() || bad {
                         break;
@@ -237,12 +233,7 @@ pub(super) fn spawn_events(source: Source, tx: mpsc::Sender<EvtItem>) -> io::Res
             .name("spindle-events".into())
             .spawn(move || {
                 let mut r = crate::frames::FrameReader::new(r);
-                loop {
-                    let item = match r.next_frame() {
-                        Ok(Some(Ok(f))) => EvtItem::Frame(f),
-                        Ok(Some(Err(e))) => EvtItem::Bad(e.to_string()),
-                        Ok(None) | Err(_) => break,
-                    };
+                while let Some(item) = evt_item(r.next_frame()) {
                     let bad = matches!(item, EvtItem::Bad(_));
                     if tx.blocking_send(item).is_err() || bad {
                         break;
@@ -253,6 +244,15 @@ pub(super) fn spawn_events(source: Source, tx: mpsc::Sender<EvtItem>) -> io::Res
                 while matches!(inner.read(&mut sink), Ok(n) if n > 0) {}
             })
             .map(|_| ()),
+    }
+}
+
+/// What a frame read gives the actor; `None` at the end of the stream (or a read error).
+fn evt_item(read: io::Result<Option<Result<Frame, FrameError>>>) -> Option<EvtItem> {
+    match read {
+        Ok(Some(Ok(f))) => Some(EvtItem::Frame(f)),
+        Ok(Some(Err(e))) => Some(EvtItem::Bad(e.to_string())),
+        Ok(None) | Err(_) => None,
     }
 }
 
