@@ -149,7 +149,9 @@ async fn timeout_kills_what_ignores_the_interrupt_and_restarts() {
         &s,
         "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)",
         ExecOptions {
-            timeout: Some(Duration::from_millis(300)),
+            // Long enough for SIG_IGN to be set first even on a loaded machine (at 300 ms the
+            // interrupt could land before it, and the cell ended as plain Interrupted).
+            timeout: Some(Duration::from_millis(1500)),
             ..ExecOptions::default()
         },
     )
@@ -164,6 +166,51 @@ async fn timeout_kills_what_ignores_the_interrupt_and_restarts() {
         stdout(&run_with(&s, "print('alive')", ExecOptions::default()).await),
         "alive\n"
     );
+}
+
+/// An interrupt pressed again and again (here every millisecond for 300 ms) must end the cell
+/// once and leave a usable session in every language: a second SIGINT can land while the
+/// bootstrap is reporting the end of the cell. (bash lost its `done` that way.)
+#[tokio::test]
+async fn interrupt_pressed_many_times_ends_the_cell_once() {
+    let kernel = Kernel::new(common::config());
+    for (lang, code, check) in [
+        ("python", "import time\ntime.sleep(100)", "print('alive')"),
+        (
+            "node",
+            "await new Promise(r => setTimeout(r, 100000))",
+            "console.log('alive')",
+        ),
+        ("bash", "sleep 100", "echo alive"),
+    ] {
+        let s = session(&kernel, lang).await;
+        for round in 0..5 {
+            let exec = s.execute(code, ExecOptions::default()).expect("execute");
+            let s2 = s.clone();
+            let presser = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                for _ in 0..300 {
+                    let _ = s2.interrupt();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            });
+            let chunks = tokio::time::timeout(Duration::from_secs(30), exec.collect::<Vec<_>>())
+                .await
+                .unwrap_or_else(|_| panic!("{lang} round {round}: the cell never ended"));
+            presser.await.unwrap();
+            assert_eq!(
+                finished(&chunks).outcome,
+                Some(Outcome::Interrupted),
+                "{lang} round {round}: {chunks:#?}"
+            );
+            let after = run_with(&s, check, ExecOptions::default()).await;
+            assert_eq!(
+                stdout(&after),
+                "alive\n",
+                "{lang} round {round}: {after:#?}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

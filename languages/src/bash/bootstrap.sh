@@ -175,6 +175,23 @@ __sp_user_expressions() {
 	__sp_ue_json="{${parts[*]}}"
 }
 
+# Hold SIGINT off, keeping the session's own INT trap (if any) to put back. The trap is kept in
+# a file rather than a $(...) capture, which would cost a fork per cell.
+__sp_inttrap=$__sp_dir/int.trap
+__sp_int_hold() {
+	{ trap -p INT >|"$__sp_inttrap"; } 2>/dev/null || :
+	trap '' INT
+}
+__sp_int_release() {
+	local t=
+	{ IFS= read -r -d '' t <"$__sp_inttrap"; } 2>/dev/null || :
+	if [[ $t ]]; then
+		eval "$t"
+	else
+		trap - INT
+	fi
+}
+
 # PROMPT_COMMAND: runs after every command line.
 __sp_prompt() {
 	local st=$? opts=$-
@@ -196,10 +213,12 @@ __sp_prompt() {
 		fi
 		return "$st"
 	fi
+	# A second SIGINT (an interrupt pressed twice) would abort this function halfway; bash then
+	# runs PROMPT_COMMAND again at the next prompt. So the request stays set until `done` is out,
+	# and SIGINT is held off while messages go out: a half-written sync and frame would leave the
+	# host waiting.
 	local id=$__spindle_id kind=$__sp_kind ue=$__sp_ue status=ok extra=
-	__spindle_id=
-	__sp_kind=
-	__sp_ue=
+	__sp_int_hold
 	if [[ $kind == q ]]; then
 		st=$__sp_last
 	else
@@ -211,7 +230,10 @@ __sp_prompt() {
 		elif ((st != 0)); then
 			status=error
 		elif [[ $ue ]]; then
+			# User code: it can be interrupted, and the rerun then reports the interrupt.
+			__sp_int_release
 			__sp_user_expressions
+			__sp_int_hold
 			extra=",\"user_expressions\":$__sp_ue_json"
 		fi
 	fi
@@ -224,6 +246,10 @@ __sp_prompt() {
 	local exit_status=$st
 	[[ $kind == q ]] && exit_status=0
 	__sp_msg "{\"type\":\"done\",\"id\":$__sp_j,\"status\":\"$status\",\"exit_status\":$exit_status$extra}"
+	__spindle_id=
+	__sp_kind=
+	__sp_ue=
+	__sp_int_release
 	[[ $opts == *u* ]] && set -u
 	[[ $opts == *x* ]] && set -x
 	if [[ $opts == *e* ]]; then
