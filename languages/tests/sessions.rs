@@ -170,7 +170,8 @@ async fn timeout_kills_what_ignores_the_interrupt_and_restarts() {
 
 /// An interrupt pressed again and again (here every millisecond for 300 ms) must end the cell
 /// once and leave a usable session in every language: a second SIGINT can land while the
-/// bootstrap is reporting the end of the cell. (bash lost its `done` that way.)
+/// bootstrap is reporting the end of the cell. Regression: bash lost its `done` that way, and
+/// the cell never ended.
 #[tokio::test]
 async fn interrupt_pressed_many_times_ends_the_cell_once() {
     let kernel = Kernel::new(common::config());
@@ -182,6 +183,8 @@ async fn interrupt_pressed_many_times_ends_the_cell_once() {
             "console.log('alive')",
         ),
         ("bash", "sleep 100", "echo alive"),
+        // A read of the terminal: an input request is out when the interrupts come.
+        ("bash", "read -p 'wait: ' x", "echo alive"),
     ] {
         let s = session(&kernel, lang).await;
         for round in 0..5 {
