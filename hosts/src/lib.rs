@@ -18,6 +18,7 @@ pub mod auth;
 pub mod chat;
 pub mod cli;
 pub mod common;
+pub mod json_text;
 pub mod jupyter;
 pub mod magics;
 pub mod mcp;

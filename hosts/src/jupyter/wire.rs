@@ -283,68 +283,9 @@ pub fn stream_json(content: &jupyter_protocol::StreamContent, out: &mut BytesMut
     out.extend_from_slice(b"{\"name\":\"");
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"\",\"text\":\"");
-    escape_into(out, text);
+    crate::json_text::escape_into(out, text);
     out.extend_from_slice(b"\"}");
     out.split().freeze()
-}
-
-/// Append `s` (UTF-8) as the inside of a JSON string: `"`, `\\` and control characters escaped
-/// as serde_json does, everything else (including non-ASCII) copied.
-fn escape_into(out: &mut BytesMut, s: &[u8]) {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    // High bit set in bytes of `w` (little-endian) that are below 0x20, a quote or a
-    // backslash (SWAR). Borrows can flag a byte above a flagged one, never below it, so the
-    // lowest flag is always right.
-    fn special(w: u64) -> u64 {
-        let ctl = w.wrapping_sub(LO * 0x20) & !w & HI;
-        let q = w ^ (LO * b'"' as u64);
-        let q = q.wrapping_sub(LO) & !q & HI;
-        let b = w ^ (LO * b'\\' as u64);
-        let b = b.wrapping_sub(LO) & !b & HI;
-        ctl | q | b
-    }
-    let mut start = 0; // first byte not yet copied
-    let mut i = 0;
-    while i < s.len() {
-        if i + 8 <= s.len() {
-            let w = u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
-            let m = special(w);
-            if m == 0 {
-                i += 8;
-                continue;
-            }
-            i += (m.trailing_zeros() / 8) as usize;
-        }
-        let c = s[i];
-        let esc: &[u8] = match c {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            c if c < 0x20 => {
-                out.extend_from_slice(&s[start..i]);
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.extend_from_slice(&[HEX[(c >> 4) as usize], HEX[(c & 0xf) as usize]]);
-                i += 1;
-                start = i;
-                continue;
-            }
-            _ => {
-                i += 1;
-                continue;
-            }
-        };
-        out.extend_from_slice(&s[start..i]);
-        out.extend_from_slice(esc);
-        i += 1;
-        start = i;
-    }
-    out.extend_from_slice(&s[start..]);
 }
 
 /// Now, in UTC, to the microsecond: Jupyter's clients parse dates with Python, which keeps
@@ -420,20 +361,7 @@ mod tests {
     #[test]
     fn stream_json_matches_serde() {
         use jupyter_protocol::{Stdio, StreamContent};
-        let mut samples: Vec<String> = vec![
-            String::new(),
-            "plain ascii text that is longer than eight bytes\n".repeat(3),
-            "quote \" backslash \\ tab \t cr \r bell \u{7} nul \u{0} esc \u{1b}[0m".into(),
-            "é ü 漢字 🎉 mixed with \"quotes\" and \u{1f}".into(),
-            "\u{7f}\u{80}\u{ff}".into(),
-        ];
-        // Every single byte value below 0x80 at every offset within a word.
-        for b in 0u8..0x80 {
-            for pad in 0..9 {
-                samples.push(format!("{}{}{}", "a".repeat(pad), b as char, "z".repeat(9)));
-            }
-        }
-        for text in samples {
+        for text in crate::json_text::tests::samples() {
             for name in [Stdio::Stdout, Stdio::Stderr] {
                 let c = StreamContent {
                     name,

@@ -206,7 +206,17 @@ impl Budget {
         // Sized up front: a megabyte of output grown by doubling from nothing is copied twice
         // over and takes a dozen fresh allocations.
         let mut json = spindle_kernel::buffers::take(msg.json_size_hint());
-        let json = match serde_json::to_writer(&mut json, msg) {
+        // Console text of some size is escaped eight bytes at a time, not by serde_json's
+        // per-byte loop; the JSON is the same.
+        let fast = msg
+            .text_stub()
+            .is_some_and(|(stub, text)| crate::json_text::to_vec_with_text(&mut json, &stub, text));
+        let written = if fast {
+            Ok(())
+        } else {
+            serde_json::to_writer(&mut json, msg)
+        };
+        let json = match written {
             Ok(()) => json,
             Err(e) => {
                 tracing::error!(error = %e, "cannot serialise a message");
@@ -225,8 +235,46 @@ impl Budget {
 }
 
 /// About how many bytes a message takes as JSON, to size its buffer once.
-pub trait JsonSize {
+pub trait JsonSize: Sized {
     fn json_size_hint(&self) -> usize;
+
+    /// For a message that carries a console chunk with at least [`FAST_TEXT`] bytes of text:
+    /// the same message with that text empty, and the text.
+    fn text_stub(&self) -> Option<(Self, &str)> {
+        None
+    }
+}
+
+/// Console text from this size on is escaped by [`crate::json_text`]; below it, the envelope's
+/// own serialisation would cost more than the escaping saves.
+pub const FAST_TEXT: usize = 4096;
+
+/// `chunk` without its console text, and the text, when there is at least [`FAST_TEXT`] of it.
+fn chunk_stub(chunk: &Chunk) -> Option<(Chunk, &str)> {
+    let Body::Console {
+        format,
+        content: Some(text),
+        line,
+    } = &chunk.body
+    else {
+        return None;
+    };
+    if text.len() < FAST_TEXT {
+        return None;
+    }
+    let stub = Chunk {
+        session: chunk.session.clone(),
+        request: chunk.request.clone(),
+        seq: chunk.seq,
+        start: chunk.start,
+        end: chunk.end,
+        body: Body::Console {
+            format: *format,
+            content: Some(String::new()),
+            line: *line,
+        },
+    };
+    Some((stub, text))
 }
 
 /// The hint for a message that carries no chunk.
@@ -260,6 +308,18 @@ impl JsonSize for Reply {
             _ => SMALL_MESSAGE,
         }
     }
+
+    fn text_stub(&self) -> Option<(Self, &str)> {
+        let ReplyBody::Chunk { chunk } = &self.body else {
+            return None;
+        };
+        let (chunk, text) = chunk_stub(chunk)?;
+        let stub = Reply {
+            id: self.id.clone(),
+            body: ReplyBody::Chunk { chunk },
+        };
+        Some((stub, text))
+    }
 }
 
 impl JsonSize for spindle_protocol::native::Event {
@@ -268,6 +328,14 @@ impl JsonSize for spindle_protocol::native::Event {
             spindle_protocol::native::Event::Chunk { chunk } => chunk_size_hint(chunk),
             _ => SMALL_MESSAGE,
         }
+    }
+
+    fn text_stub(&self) -> Option<(Self, &str)> {
+        let spindle_protocol::native::Event::Chunk { chunk } = self else {
+            return None;
+        };
+        let (chunk, text) = chunk_stub(chunk)?;
+        Some((spindle_protocol::native::Event::Chunk { chunk }, text))
     }
 }
 
@@ -353,5 +421,58 @@ impl Client {
             body: ReplyBody::Error { code, reason },
         };
         self.send(&reply, Wait::Upto(self.patience)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spindle_protocol::native::Event;
+    use spindle_protocol::ConsoleFormat;
+
+    fn console(text: &str, line: Option<u32>) -> Chunk {
+        let mut chunk = Chunk::new(
+            "s\"1",
+            "r\\2",
+            7,
+            Body::Console {
+                format: ConsoleFormat::Stderr,
+                content: Some(text.to_string()),
+                line,
+            },
+        );
+        chunk.end = line.is_some();
+        chunk
+    }
+
+    /// Console chunks large enough for the fast escaping are sent exactly as serde_json would
+    /// write them, signed over those bytes.
+    #[tokio::test]
+    async fn big_console_chunks_are_the_json_serde_writes() {
+        let signer = Signer::new(b"k");
+        let budget = Budget::new(64 << 20);
+        let tail = "quote \" backslash \\ tab \t nul \u{0} é 漢字 🎉 \"content\":\"\"\n";
+        for text in [
+            "x".repeat(FAST_TEXT - 1),
+            "x".repeat(FAST_TEXT),
+            format!("{}{tail}", "y\n".repeat(FAST_TEXT)),
+            tail.repeat(1000),
+        ] {
+            for line in [None, Some(3)] {
+                let chunk = console(&text, line);
+                let reply = Reply {
+                    id: Some("id \"content\":\"\"".into()),
+                    body: ReplyBody::Chunk {
+                        chunk: chunk.clone(),
+                    },
+                };
+                let [sig, body] = budget.frames(&signer, &reply, Wait::No).await.unwrap();
+                assert_eq!(body[..], serde_json::to_vec(&reply).unwrap()[..]);
+                assert!(signer.verify(&sig, &[&body]));
+                let event = Event::Chunk { chunk };
+                let [_, body] = budget.frames(&signer, &event, Wait::No).await.unwrap();
+                assert_eq!(body[..], serde_json::to_vec(&event).unwrap()[..]);
+            }
+        }
     }
 }
