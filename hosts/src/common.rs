@@ -86,6 +86,24 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// What the binary's allocator does when a host goes idle: hand back what it caches, so that an
+/// idle host's memory is what it uses (see `main.rs`). Set once, by the binary; a library user
+/// with another allocator leaves it unset.
+static ALLOCATOR_TRIM: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Register what [`trim_allocator`] runs (the first registration wins).
+pub fn set_allocator_trim(trim: fn()) {
+    let _ = ALLOCATOR_TRIM.set(trim);
+}
+
+/// Give cached allocator memory back, if the binary said how; call it on the thread that did
+/// the work (caches are per thread), once idle.
+pub fn trim_allocator() {
+    if let Some(trim) = ALLOCATOR_TRIM.get() {
+        trim();
+    }
+}
+
 /// Unmap the binary's code and constants when a long-lived host has started or gone idle.
 ///
 /// Start-up (argument parsing, logging, the connection file, binding, the session's launch)

@@ -91,12 +91,19 @@ pub fn main(args: KernelArgs, interp: &InterpreterArgs) -> anyhow::Result<ExitCo
     // runtime's blocking pool.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .build()?;
     let result = rt.block_on(run_kernel(info, file, language, launcher));
     // Reader threads of a killed session may linger for a moment; do not wait on them.
     rt.shutdown_timeout(Duration::from_millis(300));
     result
 }
+
+/// How long an idle thread of the blocking pool stays. Such work is rare in a kernel (the
+/// launch, the history, a terminal prompt's scan), and a thread kept for tokio's default ten
+/// seconds holds its stack and its allocator cache (about half a megabyte after start-up) through
+/// the first idle spell.
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_millis(500);
 
 /// A kernel that is idle gives back the mappings of the code it ran (see
 /// [`crate::common::release_code`]): a second after it is up, and then whenever it has
@@ -119,6 +126,8 @@ async fn release_code_when_idle(
             _ = tokio::time::sleep(delay) => {
                 crate::common::release_code();
                 spindle_kernel::buffers::release();
+                // This runtime's one thread did the work: its caches are what is left.
+                crate::common::trim_allocator();
                 delay = IDLE_RELEASE;
                 // Nothing ran since: nothing to give back until something does.
                 if busy.wait_for(|b| *b).await.is_err() {
