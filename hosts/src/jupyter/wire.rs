@@ -165,6 +165,8 @@ pub struct Wire {
     signer: Signer,
     /// This kernel's session id (the `session` of every header it sends).
     session: String,
+    /// `<session>_<pid>_`: every message id starts so (the pid read once, not per message).
+    id_prefix: String,
     counter: AtomicU64,
 }
 
@@ -175,9 +177,11 @@ pub fn no_parent() -> Bytes {
 
 impl Wire {
     pub fn new(signer: Signer) -> Self {
+        let session = uuid::Uuid::new_v4().to_string();
         Self {
             signer,
-            session: uuid::Uuid::new_v4().to_string(),
+            id_prefix: format!("{session}_{}_", std::process::id()),
+            session,
             counter: AtomicU64::new(0),
         }
     }
@@ -191,7 +195,7 @@ impl Wire {
     pub fn header(&self, msg_type: &str) -> Header {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         Header {
-            msg_id: format!("{}_{}_{n}", self.session, std::process::id()),
+            msg_id: format!("{}{n}", self.id_prefix),
             username: "spindle".to_string(),
             session: self.session.clone(),
             date: now_micros(),
