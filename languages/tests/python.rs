@@ -281,6 +281,43 @@ async fn twenty_megabytes_of_stdout_arrive_byte_exact() {
     assert!(stdout(&chunks) == expected, "stdout differs");
 }
 
+/// A large ASCII string is encoded and sent a frame's worth at a time: every piece arrives,
+/// in order, before what the program writes next, and `write` still returns its length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_ascii_write_goes_out_in_pieces_in_order() {
+    let (_k, s) = python().await;
+    let code = "import sys\n\
+        s = ''.join(chr(97 + i % 26) * 1000 + '\\n' for i in range(3000))\n\
+        print('before')\n\
+        n = sys.stdout.write(s)\n\
+        sys.stderr.write('err\\n')\n\
+        print('after', n == len(s), len(s))";
+    let chunks = run(&s, code).await;
+    let big: String = (0..3000)
+        .map(|i| {
+            format!(
+                "{}\n",
+                ((b'a' + (i % 26) as u8) as char).to_string().repeat(1000)
+            )
+        })
+        .collect();
+    assert_eq!(big.len(), 3_003_000);
+    let out = stdout(&chunks);
+    assert!(
+        out == format!("before\n{big}after True 3003000\n"),
+        "stdout differs ({} bytes)",
+        out.len()
+    );
+    // stderr's line comes after all of the big write and before `after`.
+    let err_at = chunks
+        .iter()
+        .position(|c| {
+            matches!(&c.body, Body::Console { format: ConsoleFormat::Stderr, content: Some(t), .. } if t == "err\n")
+        })
+        .expect("the stderr line");
+    assert_eq!(stdout(&chunks[..err_at]), format!("before\n{big}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emoji_and_cjk_are_intact() {
     let (_k, s) = python().await;
