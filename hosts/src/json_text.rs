@@ -5,25 +5,8 @@
 //! Jupyter edge writes `stream` contents with it, the native edge the text of console chunks
 //! (see [`to_vec_with_text`]).
 
-use bytes::BytesMut;
+use bytes::BufMut;
 use serde::Serialize;
-
-/// Where escaped JSON goes.
-pub trait Out {
-    fn put(&mut self, bytes: &[u8]);
-}
-
-impl Out for Vec<u8> {
-    fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-}
-
-impl Out for BytesMut {
-    fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
-    }
-}
 
 /// Where [`to_vec_with_text`] puts the text: the one empty `content` string of the stub. The
 /// sequence cannot occur inside a JSON string (there every `"` follows a backslash), so it
@@ -51,7 +34,7 @@ pub fn to_vec_with_text<T: Serialize + ?Sized>(out: &mut Vec<u8>, stub: &T, text
 
 /// Append `s` (UTF-8) as the inside of a JSON string: `"`, `\\` and control characters escaped
 /// as serde_json does, everything else (including non-ASCII) copied.
-pub fn escape_into<O: Out + ?Sized>(out: &mut O, s: &[u8]) {
+pub fn escape_into<B: BufMut + ?Sized>(out: &mut B, s: &[u8]) {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     // High bit set in bytes of `w` (little-endian) that are below 0x20, a quote or a
@@ -87,10 +70,10 @@ pub fn escape_into<O: Out + ?Sized>(out: &mut O, s: &[u8]) {
             0x08 => b"\\b",
             0x0c => b"\\f",
             c if c < 0x20 => {
-                out.put(&s[start..i]);
+                out.put_slice(&s[start..i]);
                 const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.put(b"\\u00");
-                out.put(&[HEX[(c >> 4) as usize], HEX[(c & 0xf) as usize]]);
+                out.put_slice(b"\\u00");
+                out.put_slice(&[HEX[(c >> 4) as usize], HEX[(c & 0xf) as usize]]);
                 i += 1;
                 start = i;
                 continue;
@@ -100,12 +83,12 @@ pub fn escape_into<O: Out + ?Sized>(out: &mut O, s: &[u8]) {
                 continue;
             }
         };
-        out.put(&s[start..i]);
-        out.put(esc);
+        out.put_slice(&s[start..i]);
+        out.put_slice(esc);
         i += 1;
         start = i;
     }
-    out.put(&s[start..]);
+    out.put_slice(&s[start..]);
 }
 
 #[cfg(test)]

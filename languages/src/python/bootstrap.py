@@ -479,22 +479,13 @@ class _TextWriter(io.TextIOBase):
         return len(s)
 
     def _write_ascii(self, s):
-        # A large ASCII string (isascii is O(1) on one) goes out a frame's worth at a time:
-        # its first bytes reach the host before the rest is encoded, and each piece reuses the
-        # memory the last one freed, where encoding it whole mapped every page of a fresh copy
-        # (20 MB: 20 ms, half of it page faults). The bytes are the same.
-        kind = self._kind
+        # A large ASCII string (isascii is O(1) on one) goes out a frame's worth at a time,
+        # each slice through write() as any string of that size: its first bytes reach the
+        # host before the rest is encoded, and each piece reuses the memory the last one freed,
+        # where encoding it whole mapped every page of a fresh copy (20 MB: 20 ms, half of it
+        # page faults). The bytes are the same.
         for off in range(0, len(s), _FRAME_MAX):
-            data = s[off : off + _FRAME_MAX].encode("ascii")
-            if S.child:
-                _out(kind, data)
-                continue
-            _qappend((kind, data))
-            S.total += len(data)
-            if S.total >= _FLUSH_AT:
-                _flush()
-        if not S.child and not S.armed and S.total:
-            _arm()
+            self.write(s[off : off + _FRAME_MAX])
         return len(s)
 
     def writelines(self, lines):
