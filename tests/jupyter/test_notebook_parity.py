@@ -181,6 +181,34 @@ def test_a_usage_error_is_stderr_and_an_error_reply(name):
         assert reply["content"]["status"] == "ok"
 
 
+@pytest.mark.parametrize("name", [REFERENCE, "spindle-python", NOIPY])
+def test_capture_keeps_the_output_of_a_shell_command(name):
+    """Regression: `!cmd` (and the built-in %%bash) inside %%capture wrote to the terminal,
+    past the capture."""
+    with kernel(name) as (km, kc):
+        code = "%%capture cap\nprint('py')\n!echo sh-out; echo sh-err >&2; exit 3"
+        reply, iopub = collect(kc, kc.execute(code))
+        assert reply["content"]["status"] == "ok", reply["content"]
+        shown = [m for m in iopub if m["msg_type"] in ("stream", "display_data", "error")]
+        assert shown == []
+        reply, iopub = collect(kc, kc.execute("print(repr(cap.stdout)); print(_exit_code)"))
+        text = "".join(m["content"].get("text", "") for m in iopub if m["msg_type"] == "stream")
+        # ipykernel runs the command on a pexpect terminal, so its lines end in \r\n.
+        assert text.replace("\\r", "") == "'py\\nsh-out\\nsh-err\\n'\n3\n"
+        # A script cell magic inside a capture, stdout and stderr kept apart.
+        code = "%%capture cap2\n%%bash\necho b-out\necho b-err >&2"
+        reply, iopub = collect(kc, kc.execute(code))
+        assert reply["content"]["status"] == "ok", reply["content"]
+        assert [m for m in iopub if m["msg_type"] in ("stream", "display_data", "error")] == []
+        reply, iopub = collect(kc, kc.execute("print(repr(cap2.stdout), repr(cap2.stderr))"))
+        text = "".join(m["content"].get("text", "") for m in iopub if m["msg_type"] == "stream")
+        assert text == "'b-out\\n' 'b-err\\n'\n"
+        # Outside a capture the command still runs on the terminal.
+        reply, iopub = collect(kc, kc.execute("!echo free"))
+        text = "".join(m["content"].get("text", "") for m in iopub if m["msg_type"] == "stream")
+        assert text.replace("\r\n", "\n") == "free\n"
+
+
 class NoIPythonConformance(jkt.KernelTests):
     """jupyter_kernel_test on spindle-python without IPython (the README says it needs none)."""
 

@@ -109,16 +109,48 @@ def _page(data, start=0, *args, **kwargs):
 
 
 def _system(sh, cmd):
-    """!cmd: through the shell on the session's terminal, stderr with stdout (as ipykernel)."""
+    """!cmd: through the shell, stderr with stdout (as ipykernel).
+
+    The command runs on the session's terminal, so its prompts become input requests. While
+    something has replaced sys.stdout (%%capture, capture_output, redirect_stdout) its output
+    is piped into that instead, as ipykernel's pexpect-driven system() does."""
     import subprocess
 
     if cmd.rstrip().endswith("&"):
         raise OSError("Background processes not supported.")
     B["_flush"]()
-    ec = subprocess.call(cmd, shell=True, stderr=subprocess.STDOUT, executable="/bin/sh")
+    if sys.stdout is not B["S"].stdout:
+        ec = _system_piped(cmd, sys.stdout)
+    else:
+        ec = subprocess.call(cmd, shell=True, stderr=subprocess.STDOUT, executable="/bin/sh")
     if ec < 0:
         ec = -ec + 128
     sh.user_ns["_exit_code"] = ec if ec <= 128 else -(ec - 128)
+
+
+def _system_piped(cmd, out):
+    """Run cmd with its output (stderr too) written to `out` as it arrives; returns the status."""
+    import codecs
+    import subprocess
+
+    p = subprocess.Popen(
+        cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, executable="/bin/sh"
+    )
+    dec = codecs.getincrementaldecoder("utf-8")("replace")
+    try:
+        while True:
+            b = p.stdout.read1(65536)
+            if not b:
+                break
+            out.write(dec.decode(b))
+        out.write(dec.decode(b"", True))
+    except BaseException:
+        p.kill()
+        raise
+    finally:
+        p.stdout.close()
+        p.wait()
+    return p.returncode
 
 
 def _getoutput(cmd):
@@ -974,17 +1006,24 @@ def _script(sh, line, cell, interpreter):
             continue
         raise UsageError("%%%%%s: unrecognized argument %r (Spindle knows --out VAR, --err VAR, --no-raise-error)" % (interpreter[0], w))
     B["_flush"]()
+    # Under a capture (%%capture, redirect_stdout) the script's output goes into it too.
+    relay_out = not out_var and sys.stdout is not B["S"].stdout
+    relay_err = not err_var and sys.stderr is not B["S"].stderr
     p = subprocess.Popen(
         interpreter,
         stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE if out_var else None,
-        stderr=subprocess.PIPE if err_var else None,
+        stdout=subprocess.PIPE if out_var or relay_out else None,
+        stderr=subprocess.PIPE if err_var or relay_err else None,
     )
     out, err = p.communicate(cell.encode("utf-8"))
     if out_var:
         sh.user_ns[out_var] = out.decode("utf-8", "replace")
+    elif relay_out:
+        sys.stdout.write(out.decode("utf-8", "replace"))
     if err_var:
         sh.user_ns[err_var] = err.decode("utf-8", "replace")
+    elif relay_err:
+        sys.stderr.write(err.decode("utf-8", "replace"))
     if p.returncode and raise_error:
         raise subprocess.CalledProcessError(p.returncode, cell)
     del shlex
