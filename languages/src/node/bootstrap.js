@@ -36,8 +36,10 @@ function sleepMs(ms) {
 let hostGone = false;
 
 // Shared with the interrupt worker (see "Interrupts"): [0] SIGINTs seen by the main thread,
-// [1] the main thread is writing a frame (do not terminate it half-way).
-const interruptState = new Int32Array(new SharedArrayBuffer(8));
+// [1] the main thread is writing a frame (do not terminate it half-way), [2] the token of the
+// execution in flight (0: none), [3] 1 when the worker has terminated JavaScript and the main
+// thread's handler has not yet seen it, [4] the token that was in flight then.
+const interruptState = new Int32Array(new SharedArrayBuffer(20));
 
 // Write all of `buf` to `fd`, waiting out EAGAIN (someone made the fd non-blocking).
 function writeAll(fd, buf) {
@@ -977,6 +979,7 @@ function prepare(code) {
 
 let current = null; // the execution in flight
 let execSeq = 0;
+let execToken = 0; // tells executions apart for the interrupt worker (counts may repeat)
 
 // Interrupts. SIGINT reaches the main thread's handler only when its event loop is free (an
 // awaiting cell). A busy main thread (`while (true) {}`, before or after an `await`) is stopped
@@ -1006,6 +1009,9 @@ if (!Signal) {
     if (Atomics.load(state, 0) !== seen) return;
     if (Atomics.load(state, 1) !== 0) { setTimeout(terminate, 5, seen); return; }
     if (!session) { session = new inspector.Session(); session.connectToMainThread(); }
+    // Say whose JavaScript this stops: the main thread is stuck, so [2] cannot change under us.
+    Atomics.store(state, 4, Atomics.load(state, 2));
+    Atomics.store(state, 3, 1);
     session.post('Runtime.terminateExecution');
   };
   const handle = new Signal();
@@ -1102,7 +1108,9 @@ function execute(req) {
     code: String(req.code ?? ''),
   };
   exec.file = cellName(exec.count);
+  exec.token = ++execToken;
   current = exec;
+  Atomics.store(interruptState, 2, exec.token);
   let prepared;
   try {
     prepared = prepare(exec.code);
@@ -1208,6 +1216,7 @@ function finish(exec, status) {
   process.exitCode = undefined;
   const ue = status === 'interrupted' ? {} : evaluateUserExpressions(exec.userExpressions);
   current = null;
+  Atomics.store(interruptState, 2, 0);
   if (inspectorSession) {
     try {
       postSync('Runtime.releaseObjectGroup', { objectGroup: 'spindle' });
@@ -1242,9 +1251,15 @@ function evaluateUserExpressions(exprs) {
 }
 
 // SIGINT while a cell awaits (or after the worker stopped a busy one) ends the cell; while
-// idle it is ignored.
+// idle it is ignored. When the worker stopped JavaScript that was not the current cell's (a
+// busy timer between cells, or an earlier cell that has ended since), the SIGINT is spent on
+// that: the cell that started meanwhile, typically the one queued behind the timer, runs on.
 process.on('SIGINT', () => {
   Atomics.add(interruptState, 0, 1);
+  if (Atomics.exchange(interruptState, 3, 0) === 1) {
+    const stopped = Atomics.load(interruptState, 4);
+    if (!current || stopped !== current.token) return;
+  }
   if (current) interrupted(current);
 });
 
