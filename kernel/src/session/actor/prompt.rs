@@ -80,8 +80,12 @@ impl Watch {
         let i = usize::from(format == ConsoleFormat::Stderr);
         self.last = i;
         let tail = &mut self.tails[i];
-        match text.rfind('\n') {
-            Some(at) => *tail = Some(text[at + 1..].to_string()),
+        // Only the last MAX_PROMPT + 1 bytes can hold a newline that leaves a tail short
+        // enough to keep: a megabyte of output is not scanned, or copied, for its prompt.
+        let from = text.len().saturating_sub(MAX_PROMPT + 1);
+        match text.as_bytes()[from..].iter().rposition(|&b| b == b'\n') {
+            Some(at) => *tail = Some(text[from + at + 1..].to_string()),
+            None if from > 0 => *tail = None,
             None => {
                 if let Some(t) = tail {
                     t.push_str(text);
@@ -332,5 +336,40 @@ impl Actor {
             content: Some(InputRequest { prompt, password }),
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail_after(texts: &[&str]) -> Option<String> {
+        let mut w = Watch::new(true);
+        for t in texts {
+            w.note(ConsoleFormat::Stdout, t);
+        }
+        w.tails[0].clone()
+    }
+
+    #[test]
+    fn the_tail_is_the_partial_line_however_long_the_output() {
+        let big = "x".repeat(1 << 20);
+        assert_eq!(tail_after(&["a\nEnter: "]).as_deref(), Some("Enter: "));
+        assert_eq!(tail_after(&["En", "ter", ": "]).as_deref(), Some("Enter: "));
+        assert_eq!(tail_after(&[&big, "\nok? "]).as_deref(), Some("ok? "));
+        let with_prompt = format!("{big}\nname: ");
+        assert_eq!(tail_after(&[&with_prompt]).as_deref(), Some("name: "));
+        // A partial line longer than MAX_PROMPT is no prompt, in one piece or in several.
+        assert_eq!(tail_after(&[&big]), None);
+        assert_eq!(tail_after(&["a", &big]), None);
+        let long = "y".repeat(MAX_PROMPT + 1);
+        assert_eq!(tail_after(&[&format!("\n{long}")]), None);
+        let exact = "z".repeat(MAX_PROMPT);
+        assert_eq!(tail_after(&[&format!("{big}\n{exact}")]), Some(exact));
+        // Multi-byte text right at the window's edge.
+        let wide = format!("{}\n{}", "é".repeat(MAX_PROMPT), "ü".repeat(10));
+        assert_eq!(tail_after(&[&wide]), Some("ü".repeat(10)));
+        // A newline starts a fresh tail.
+        assert_eq!(tail_after(&[&big, "\n"]).as_deref(), Some(""));
     }
 }
