@@ -272,7 +272,7 @@ impl Wire {
 }
 
 /// The content of a `stream` message as JSON. Output is the one large payload a kernel sends
-/// often, so its text is escaped eight bytes at a time instead of through serde's per-byte
+/// often, so its text is escaped sixteen bytes at a time instead of through serde's per-byte
 /// loop; the result is byte-for-byte what `serde_json::to_vec` gives. It is written into
 /// `out`'s memory: once the message that held the previous result is sent and dropped, the
 /// same megabyte serves again, instead of a fresh mapping whose every page faults in.

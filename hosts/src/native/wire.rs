@@ -206,7 +206,7 @@ impl Budget {
         // Sized up front: a megabyte of output grown by doubling from nothing is copied twice
         // over and takes a dozen fresh allocations.
         let mut json = spindle_kernel::buffers::take(msg.json_size_hint());
-        // Console text of some size is escaped eight bytes at a time, not by serde_json's
+        // Console text of some size is escaped sixteen bytes at a time, not by serde_json's
         // per-byte loop; the JSON is the same.
         let fast = msg
             .text_stub()
