@@ -74,7 +74,7 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 rows = {}
 for n in names:
-    core_mb, core_rtt, nat_mb, nat_rtt, j = [], [], [], [], {}
+    core_mb, core_rtt, nat_mb, nat_tf, nat_rtt, j = [], [], [], [], [], {}
     for f in sorted(out.glob(f"{n}.core.*.txt")):
         t = f.read_text()
         if m := re.search(r"rtt median\s+([\d.]+) ms", t): core_rtt.append(float(m[1]))
@@ -83,11 +83,12 @@ for n in names:
         t = f.read_text()
         if m := re.search(r"round trip \(python `pass`\): median ([\d.]+) ms", t): nat_rtt.append(float(m[1]))
         if m := re.search(r"streaming 20 MiB to one client: median ([\d.]+) MB/s", t): nat_mb.append(float(m[1]))
+        if m := re.search(r"streaming 20 MiB to one client with text_frames: median ([\d.]+) MB/s", t): nat_tf.append(float(m[1]))
     for f in sorted(out.glob(f"{n}.jupyter.*.json")):
         s = json.loads(f.read_text())["summary"]
         for k in ("stream_mb_s", "exec_rtt_ms_median", "rss_mb", "pss_mb", "startup_s"):
             if k in s: j.setdefault(k, []).extend(s[k]["runs"])
-    rows[n] = dict(core=med(core_mb), core_rtt=med(core_rtt), native=med(nat_mb), native_rtt=med(nat_rtt),
+    rows[n] = dict(core=med(core_mb), core_rtt=med(core_rtt), native=med(nat_mb), native_tf=med(nat_tf), native_rtt=med(nat_rtt),
                    jup=med(j.get("stream_mb_s", [])), jup_rtt=med(j.get("exec_rtt_ms_median", [])),
                    rss=med(j.get("rss_mb", [])), pss=med(j.get("pss_mb", [])), start=med(j.get("startup_s", [])))
 print("| | " + " | ".join(names) + " |")
@@ -97,6 +98,8 @@ def line(label, key, fmt):
 line("core: 20 MB Python stdout, MB/s", "core", "{:.0f}")
 line("native API: 20 MiB to one client, MB/s", "native", "{:.0f}")
 print("| native / core | " + " | ".join(f"{rows[n]['native'] / rows[n]['core']:.0%}" for n in names) + " |")
+line("native API, `text_frames`: 20 MiB to one client, MB/s", "native_tf", "{:.0f}")
+print("| native `text_frames` / core | " + " | ".join(f"{rows[n]['native_tf'] / rows[n]['core']:.0%}" for n in names) + " |")
 line("Jupyter: 20 MB stdout to a client, MB/s", "jup", "{:.0f}")
 print("| Jupyter / core | " + " | ".join(f"{rows[n]['jup'] / rows[n]['core']:.0%}" for n in names) + " |")
 line("core round trip, ms", "core_rtt", "{:.3f}")

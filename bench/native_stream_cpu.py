@@ -1,6 +1,6 @@
 """Where a 20 MiB stream through the native API spends its CPU: host, Python child and client.
 
-    .venv/bin/python bench/native_stream_cpu.py [SPINDLE_BINARY ...] [--runs N]
+    .venv/bin/python bench/native_stream_cpu.py [SPINDLE_BINARY ...] [--runs N] [--text-frames]
 
 For each binary (default target/release/spindle), in the order given (repeat them to
 interleave), it starts `spindle serve`, creates a Python session and runs the core bench's own
@@ -30,7 +30,7 @@ def cpu(p):
     return t.user + t.system
 
 
-def measure(binary, runs):
+def measure(binary, runs, text_frames):
     native_bench.BIN = pathlib.Path(binary)
     with tempfile.TemporaryDirectory() as tmp:
         proc, conn = native_bench.start_server(tmp)
@@ -38,14 +38,14 @@ def measure(binary, runs):
             ctx = zmq.Context()
             c = native_bench.Conn(ctx, conn)
             session = c.ask({"type": "create_session", "language": "python"})["session"]["id"]
-            c.run(session, CODE)  # warm-up
+            c.run(session, CODE, text_frames)  # warm-up
             host = psutil.Process(proc.pid)
             kids = host.children(recursive=True)
             me = psutil.Process()
             h0, k0, m0 = cpu(host), sum(cpu(k) for k in kids), cpu(me)
             t0 = time.perf_counter()
             for _ in range(runs):
-                text, outcome = c.run(session, CODE)
+                text, outcome = c.run(session, CODE, text_frames)
                 if len(text) != MIB << 20 or outcome != "ok":
                     sys.exit(f"stream not whole: {len(text)} bytes, {outcome}")
             wall = (time.perf_counter() - t0) / runs
@@ -56,7 +56,8 @@ def measure(binary, runs):
             proc.terminate()
             proc.wait(10)
     per = lambda a, b: (b - a) / runs * 1e3  # noqa: E731
-    print(f"{binary}: {(MIB << 20) / wall / 1e6:.0f} MB/s; CPU ms per {MIB} MiB: "
+    how = " (text_frames)" if text_frames else ""
+    print(f"{binary}{how}: {(MIB << 20) / wall / 1e6:.0f} MB/s; CPU ms per {MIB} MiB: "
           f"host {per(h0, h1):.1f}, child {per(k0, k1):.1f}, client {per(m0, m1):.1f}; "
           f"wall {wall * 1e3:.1f} ms ({runs} runs)")
 
@@ -65,9 +66,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("binaries", nargs="*", default=[str(ROOT / "target" / "release" / "spindle")])
     ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--text-frames", action="store_true",
+                    help="ask for console text in frames of its own (`text_frames`)")
     args = ap.parse_args()
     for b in args.binaries:
-        measure(b, args.runs)
+        measure(b, args.runs, args.text_frames)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,16 @@ key = conn["key"].encode()
 sock = zmq.Context().socket(zmq.DEALER)
 sock.linger = 1000
 sock.connect(f"tcp://{conn['ip']}:{conn['router_port']}")
-sign = lambda body: hmac.new(key, body, hashlib.sha256).hexdigest().encode()
+sign = lambda *parts: hmac.new(key, b"".join(parts), hashlib.sha256).hexdigest().encode()
 
 
-def recv():  # replies are [signature, json]
-    sig, body = sock.recv_multipart()
-    assert hmac.compare_digest(sig, sign(body)), "bad signature"
-    return json.loads(body)
+def recv():  # replies are [signature, json]; console text may come raw: [signature, json, text]
+    sig, body, *text = sock.recv_multipart()
+    assert hmac.compare_digest(sig, sign(body, *text)), "bad signature"
+    msg = json.loads(body)
+    if text:  # we ask for text_frames: the chunk's content is the third frame
+        msg["chunk"]["content"] = text[0].decode()
+    return msg
 
 
 def ask(msg):  # requests too; every reply echoes the request's id
@@ -32,7 +35,7 @@ reply = ask({"type": "create_session", "language": lang})
 if reply["type"] == "error":
     sys.exit(reply["reason"])
 session = reply["session"]["id"]
-msg = ask({"type": "execute", "session": session, "code": code})
+msg = ask({"type": "execute", "session": session, "code": code, "text_frames": True})
 while msg["type"] in ("chunk", "missed"):
     c = msg.get("chunk") or {"type": "missed", "content": f"{msg['count']} chunks"}
     out = c.get("content")

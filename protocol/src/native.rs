@@ -5,6 +5,8 @@
 //! ```text
 //! client DEALER → host ROUTER   [signature, json]            a Request
 //! host ROUTER → client DEALER   [signature, json]            a Reply (many, for an execute)
+//!                               [signature, json, text]      a console chunk's Reply, when the
+//!                                                            request asked for `text_frames`
 //! host PUB → client SUB         [topic, signature, json]     an Event; topic = session id
 //! ```
 //!
@@ -155,6 +157,9 @@ pub enum RequestBody {
         from_seq: u64,
         #[serde(default = "yes")]
         follow: bool,
+        /// Console text in a third frame, as [`Execute::text_frames`].
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        text_frames: bool,
     },
     /// A Jupyter connection file for this session, so Jupyter clients can attach to it.
     /// Answered by an `attach` reply.
@@ -380,7 +385,22 @@ pub struct Execute {
     /// Expressions to evaluate after the code, by name; results come in the finished chunk.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub user_expressions: Map<String, Value>,
+    /// Send console text as raw UTF-8 in a third frame, `[signature, json, text]`, instead of
+    /// inside the JSON (see [`TEXT_FRAMES`]): no escaping on the host, no JSON parsing of
+    /// megabytes in the client. Only this request's `chunk` replies change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub text_frames: bool,
 }
+
+/// How a reply carries console text in a frame of its own, when the request asked for
+/// `text_frames`.
+///
+/// A `chunk` reply whose chunk is `console` with content comes as three frames,
+/// `[signature, json, text]`: the JSON's `content` is the empty string and the third frame is
+/// the content, UTF-8. The signature is the HMAC-SHA256 of the JSON frame followed by the text
+/// frame (one HMAC fed both, as Jupyter signs its parts). Every other reply keeps two frames,
+/// so a client tells them apart by the number of frames.
+pub const TEXT_FRAMES: &str = "text_frames";
 
 fn yes() -> bool {
     true

@@ -230,17 +230,25 @@ impl Relay {
     }
 }
 
+/// What a `replay` request asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayHow {
+    pub from_seq: u64,
+    pub follow: bool,
+    /// Console text in a third frame (`text_frames`).
+    pub text_frames: bool,
+}
+
 /// Send `session`'s chunks from `from_seq` on to `client` as replies to request `id` (see
 /// `RequestBody::Replay`). The replay waits for the client's budget as an execution's stream
 /// does; while it waits, only the session's log holds the chunks, so a client that reads too
 /// slowly gets a `missed` reply where the log dropped some, never a backlog in the host.
-pub async fn replay(
-    client: Arc<Client>,
-    id: String,
-    session: Session,
-    from_seq: u64,
-    follow: bool,
-) {
+pub async fn replay(client: Arc<Client>, id: String, session: Session, how: ReplayHow) {
+    let ReplayHow {
+        from_seq,
+        follow,
+        text_frames,
+    } = how;
     let sid = session.id().to_string();
     let mut rx = session.replay(from_seq);
     // Chunks up to here are the past; after them, live ones until the running execution ends.
@@ -274,19 +282,23 @@ pub async fn replay(
                 Err(_) => continue,
             }
         };
-        let body = match item {
+        let sent = match item {
             Watched::Chunk(chunk) => {
                 last_finished = chunk.is_finished();
-                ReplyBody::Chunk {
-                    chunk: (*chunk).clone(),
-                }
+                let chunk = Arc::unwrap_or_clone(chunk);
+                client
+                    .send_chunk(&id, chunk, text_frames, Wait::Upto(client.patience))
+                    .await
             }
-            Watched::Missed(count) => ReplyBody::Missed {
-                session: sid.clone(),
-                count,
-            },
+            Watched::Missed(count) => {
+                let body = ReplyBody::Missed {
+                    session: sid.clone(),
+                    count,
+                };
+                client.send(&reply(body), Wait::Upto(client.patience)).await
+            }
         };
-        match client.send(&reply(body), Wait::Upto(client.patience)).await {
+        match sent {
             Sent::Yes => {}
             Sent::Stalled => {
                 // Counted as missed, like an execution's stream; the client can replay again.

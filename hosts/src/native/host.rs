@@ -276,8 +276,8 @@ impl Host {
                 Self::answer(client, id, r)
             }
             RequestBody::Execute(ex) => match self.execute(&id, ex) {
-                Ok((session, exec)) => {
-                    tokio::spawn(stream(client, id, session, exec));
+                Ok((session, exec, text_frames)) => {
+                    tokio::spawn(stream(client, id, session, exec, text_frames));
                 }
                 Err(f) => Self::answer(client, id, Err(f)),
             },
@@ -377,10 +377,16 @@ impl Host {
                 session,
                 from_seq,
                 follow,
+                text_frames,
             } => match self.resolve(&session) {
                 Ok(e) => {
                     let session = e.session.clone();
-                    tokio::spawn(events::replay(client, id, session, from_seq, follow));
+                    let how = events::ReplayHow {
+                        from_seq,
+                        follow,
+                        text_frames,
+                    };
+                    tokio::spawn(events::replay(client, id, session, how));
                 }
                 Err(f) => Self::answer(client, id, Err(f)),
             },
@@ -599,7 +605,7 @@ impl Host {
         }
     }
 
-    fn execute(&self, id: &str, ex: Execute) -> Result<(String, Execution), Failure> {
+    fn execute(&self, id: &str, ex: Execute) -> Result<(String, Execution, bool), Failure> {
         let e = self.resolve(&ex.session)?;
         let opts = ExecOptions {
             id: Some(id.to_string()),
@@ -614,7 +620,7 @@ impl Host {
             ..ExecOptions::default()
         };
         let exec = e.session.execute(&ex.code, opts).map_err(failure)?;
-        Ok((e.session.id().to_string(), exec))
+        Ok((e.session.id().to_string(), exec, ex.text_frames))
     }
 
     /// Close one session: out of the maps first (so nothing new reaches it), then its process
@@ -717,7 +723,13 @@ impl Host {
 /// Stream an execution's chunks to the client that asked. Chunks keep flowing to subscribers
 /// whatever this client does: if it stops reading, the chunks it could not take are counted
 /// and reported in a `missed` reply; if it disconnects, the execution still runs to its end.
-async fn stream(client: Arc<Client>, id: String, session: String, mut exec: Execution) {
+async fn stream(
+    client: Arc<Client>,
+    id: String,
+    session: String,
+    mut exec: Execution,
+    text_frames: bool,
+) {
     let mut missed: u64 = 0;
     // Set when the client's budget stayed full for its whole patience; cleared once it has
     // caught up, so a stuck client costs one wait, not one per chunk.
@@ -759,15 +771,7 @@ async fn stream(client: Arc<Client>, id: String, session: String, mut exec: Exec
                 }
             }
         }
-        let reply = Reply {
-            id: Some(id.clone()),
-            body: ReplyBody::Chunk { chunk },
-        };
-        let sent = client.send(&reply, wait).await;
-        if let ReplyBody::Chunk { chunk } = reply.body {
-            spindle_kernel::buffers::recycle_chunk(chunk);
-        }
-        match sent {
+        match client.send_chunk(&id, chunk, text_frames, wait).await {
             Sent::Yes => {}
             Sent::Stalled => {
                 if !stalled {

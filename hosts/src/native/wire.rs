@@ -234,6 +234,51 @@ impl Budget {
     }
 }
 
+impl Budget {
+    /// Sign and charge a `chunk` reply whose console text travels raw in a third frame
+    /// (`text_frames`): `[signature, json, text]`, the signature over the JSON then the text.
+    /// The text's buffer becomes the frame as it is, and goes back to the pool when ZeroMQ is
+    /// done with it.
+    pub async fn frames_with_text(
+        &self,
+        signer: &Signer,
+        stub: &Reply,
+        text: String,
+        wait: Wait,
+    ) -> Option<[Bytes; 3]> {
+        // Recycled however this ends.
+        let text = Charged {
+            json: text.into_bytes(),
+            _permit: None,
+        };
+        let mut json = spindle_kernel::buffers::take(SMALL_MESSAGE + stub.json_size_hint());
+        if let Err(e) = serde_json::to_writer(&mut json, stub) {
+            tracing::error!(error = %e, "cannot serialise a message");
+            spindle_kernel::buffers::recycle(json);
+            return None;
+        }
+        let permit = self.charge(json.len() + text.json.len(), wait).await?;
+        let signature = Bytes::from(signer.sign(&[&json, &text.json]));
+        let body = Bytes::from_owner(Charged {
+            json,
+            _permit: Some(permit),
+        });
+        Some([signature, body, Bytes::from_owner(text)])
+    }
+}
+
+/// A chunk reply as [`Client::send_chunk`] sends it: its console text, when it travels in a
+/// frame of its own, taken out of the chunk.
+fn split_text(chunk: &mut Chunk) -> Option<String> {
+    match &mut chunk.body {
+        Body::Console {
+            content: Some(text),
+            ..
+        } => Some(std::mem::take(text)),
+        _ => None,
+    }
+}
+
 /// About how many bytes a message takes as JSON, to size its buffer once.
 pub trait JsonSize: Sized {
     fn json_size_hint(&self) -> usize;
@@ -401,7 +446,50 @@ impl Client {
         let Some([sig, body]) = self.budget.frames(&self.signer, reply, wait).await else {
             return Sent::Stalled;
         };
-        let msg = match ZmqMessage::try_from(vec![self.identity.clone(), sig, body]) {
+        self.deliver(vec![self.identity.clone(), sig, body]).await
+    }
+
+    /// Send one `chunk` reply to request `id`, its console text in a third frame when the
+    /// request asked for `text_frames`. The chunk's buffers are reused afterwards.
+    pub async fn send_chunk(
+        &self,
+        id: &str,
+        mut chunk: Chunk,
+        text_frames: bool,
+        wait: Wait,
+    ) -> Sent {
+        let text = if text_frames {
+            split_text(&mut chunk)
+        } else {
+            None
+        };
+        let reply = Reply {
+            id: Some(id.to_string()),
+            body: ReplyBody::Chunk { chunk },
+        };
+        let frames = match text {
+            None => self
+                .budget
+                .frames(&self.signer, &reply, wait)
+                .await
+                .map(|[sig, body]| vec![self.identity.clone(), sig, body]),
+            Some(text) => self
+                .budget
+                .frames_with_text(&self.signer, &reply, text, wait)
+                .await
+                .map(|[sig, body, text]| vec![self.identity.clone(), sig, body, text]),
+        };
+        if let ReplyBody::Chunk { chunk } = reply.body {
+            spindle_kernel::buffers::recycle_chunk(chunk);
+        }
+        match frames {
+            Some(frames) => self.deliver(frames).await,
+            None => Sent::Stalled,
+        }
+    }
+
+    async fn deliver(&self, frames: Vec<Bytes>) -> Sent {
+        let msg = match ZmqMessage::try_from(frames) {
             Ok(m) => m,
             Err(_) => return Sent::Gone,
         };

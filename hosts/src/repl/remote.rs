@@ -191,6 +191,64 @@ pub(crate) fn remote_error(code: ErrorCode, reason: String) -> BackendError {
     }
 }
 
+/// One reply from its frames: `[signature, json]`, or `[signature, json, text]` for a console
+/// chunk whose text travels raw (we ask for `text_frames`). None, logged, for anything else.
+fn decode(frames: Vec<Bytes>, signer: &Signer) -> Option<Reply> {
+    let (sig, json, text) = match &frames[..] {
+        [sig, json] => (sig, json, None),
+        [sig, json, text] => (sig, json, Some(text)),
+        _ => {
+            tracing::warn!(
+                frames = frames.len(),
+                "dropped a reply with the wrong number of frames"
+            );
+            return None;
+        }
+    };
+    let parts: &[&[u8]] = match text {
+        None => &[json],
+        Some(text) => &[json, text],
+    };
+    if !signer.verify(sig, parts) {
+        tracing::warn!("dropped a reply that is not signed with the connection file's key");
+        return None;
+    }
+    let mut reply: Reply = match serde_json::from_slice(json) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "dropped a reply that is not valid");
+            return None;
+        }
+    };
+    if let Some(text) = text {
+        let slot = match &mut reply.body {
+            ReplyBody::Chunk {
+                chunk:
+                    Chunk {
+                        body:
+                            Body::Console {
+                                content: Some(slot),
+                                ..
+                            },
+                        ..
+                    },
+            } => slot,
+            _ => {
+                tracing::warn!("dropped a text frame that came with no console chunk");
+                return None;
+            }
+        };
+        match String::from_utf8(text.to_vec()) {
+            Ok(t) => *slot = t,
+            Err(_) => {
+                tracing::warn!("dropped a console chunk whose text frame is not UTF-8");
+                return None;
+            }
+        }
+    }
+    Some(reply)
+}
+
 async fn read_loop(
     mut rx: DealerRecvHalf,
     signer: Signer,
@@ -205,17 +263,8 @@ async fn read_loop(
                 break;
             }
         };
-        let frames = msg.into_vec();
-        if frames.len() != 2 || !signer.verify(&frames[0], &[&frames[1]]) {
-            tracing::warn!("dropped a reply that is not signed with the connection file's key");
+        let Some(reply) = decode(msg.into_vec(), &signer) else {
             continue;
-        }
-        let reply: Reply = match serde_json::from_slice(&frames[1]) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "dropped a reply that is not valid");
-                continue;
-            }
         };
         let Some(id) = reply.id else {
             if let ReplyBody::Error { reason, .. } = &reply.body {
@@ -455,6 +504,7 @@ async fn redraw(conn: &Conn, session: &str) -> Result<String, BackendError> {
             session: session.to_string(),
             from_seq: 0,
             follow: false,
+            text_frames: true,
         })
         .await?;
     let mut text = String::new();
@@ -565,6 +615,7 @@ impl Backend for Remote {
             allow_stdin: opts.allow_stdin,
             active_lines: opts.active_lines,
             user_expressions: opts.user_expressions,
+            text_frames: true,
         };
         let (id, rx) = conn.send(RequestBody::Execute(req)).await?;
         Ok(execution_stream(conn, id, rx))
@@ -698,5 +749,65 @@ impl Backend for Remote {
 
     fn take_notices(&self) -> Vec<String> {
         std::mem::take(&mut *self.notices.lock().expect("notices"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spindle_protocol::ConsoleFormat;
+
+    fn console_reply(text: &str) -> Reply {
+        Reply {
+            id: Some("r1".into()),
+            body: ReplyBody::Chunk {
+                chunk: Chunk::new(
+                    "s",
+                    "r1",
+                    2,
+                    Body::Console {
+                        format: ConsoleFormat::Stdout,
+                        content: Some(text.into()),
+                        line: None,
+                    },
+                ),
+            },
+        }
+    }
+
+    fn framed(signer: &Signer, json: &[u8], text: &[u8]) -> Vec<Bytes> {
+        let sig = signer.sign(&[json, text]);
+        vec![
+            Bytes::from(sig),
+            Bytes::copy_from_slice(json),
+            Bytes::copy_from_slice(text),
+        ]
+    }
+
+    /// A console chunk whose text came in a third frame is the chunk the host had; a text
+    /// frame that was changed, is not UTF-8, or comes with another reply is dropped.
+    #[test]
+    fn text_frames_are_put_back_and_checked() {
+        let signer = Signer::new(b"key");
+        let stub = serde_json::to_vec(&console_reply("")).unwrap();
+        let text = "a \"quoted\" line é\n".as_bytes();
+        let got = decode(framed(&signer, &stub, text), &signer).expect("decoded");
+        assert_eq!(got, console_reply("a \"quoted\" line é\n"));
+
+        let mut tampered = framed(&signer, &stub, text);
+        tampered[2] = Bytes::from_static(b"another text\n");
+        assert!(decode(tampered, &signer).is_none());
+        assert!(decode(framed(&signer, &stub, b"\xff\xfe"), &signer).is_none());
+        let ok = serde_json::to_vec(&Reply {
+            id: Some("r1".into()),
+            body: ReplyBody::Ok,
+        })
+        .unwrap();
+        assert!(decode(framed(&signer, &ok, text), &signer).is_none());
+        // Two frames: the JSON alone, as always.
+        let plain = serde_json::to_vec(&console_reply("x")).unwrap();
+        let two = vec![Bytes::from(signer.sign(&[&plain])), Bytes::from(plain)];
+        assert_eq!(decode(two, &signer), Some(console_reply("x")));
+        assert!(decode(vec![Bytes::new()], &signer).is_none());
     }
 }
