@@ -13,14 +13,14 @@
 //! | a display marked `page` (`obj?`, `%pinfo`) | a `page` payload of `execute_reply`, as ipykernel sends help |
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
 use jupyter_protocol::{
     ClearOutput, DisplayData, ErrorOutput, ExecuteInput, ExecuteReply, ExecuteRequest,
     ExecuteResult, ExecutionCount, ExecutionState, ExpressionResult, InputRequest,
-    JupyterMessageContent, Media, MediaType, Payload, ReplyError, ReplyStatus, Stdio,
-    StreamContent, Transient, UpdateDisplayData,
+    JupyterMessageContent, Media, MediaType, Payload, ReplyError, ReplyStatus, Stdio, Transient,
+    UpdateDisplayData,
 };
 use serde_json::{Map, Value};
 use spindle_kernel::ExecOptions;
@@ -60,35 +60,43 @@ impl Mapper {
         }
     }
 
-    async fn stream(&mut self, server: &Server, name: Stdio, text: String) {
+    async fn stream(&mut self, server: &Server, name: Stdio, text: &str) {
         if !self.silent {
-            let content = StreamContent { name, text };
-            let json = super::wire::stream_json(&content, &mut self.json);
-            spindle_kernel::buffers::recycle_text(content.text);
+            let json = super::wire::stream_json(name, text, &mut self.json);
             server.publish_raw(&self.parent, "stream", json).await;
         }
     }
 
-    /// Publish what `chunk` stands for; an input request is handed back to the caller.
-    pub async fn on_chunk(&mut self, server: &Server, chunk: Chunk) -> Option<InputRequest> {
+    /// Publish what `chunk` stands for; an input request is handed back to the caller. Console
+    /// text is read where the session's log holds it (a shared chunk is not copied).
+    pub async fn on_chunk(
+        &mut self,
+        server: &Server,
+        chunk: impl Into<Arc<Chunk>>,
+    ) -> Option<InputRequest> {
+        let chunk = chunk.into();
         if chunk.start || chunk.end {
             return None; // block markers carry nothing
         }
-        match chunk.body {
+        if let Body::Console {
+            format,
+            content: Some(text),
+            ..
+        } = &chunk.body
+        {
+            match format {
+                ConsoleFormat::Stdout => self.stream(server, Stdio::Stdout, text).await,
+                ConsoleFormat::Stderr => self.stream(server, Stdio::Stderr, text).await,
+                ConsoleFormat::ActiveLine => {}
+            }
+            return None;
+        }
+        match Arc::unwrap_or_clone(chunk).body {
             Body::Status { format, content } => match format {
                 StatusFormat::Started => {
                     self.started_count = content.and_then(|c| c.execution_count);
                 }
                 StatusFormat::Finished => self.finished = content,
-            },
-            Body::Console {
-                format,
-                content: Some(text),
-                ..
-            } => match format {
-                ConsoleFormat::Stdout => self.stream(server, Stdio::Stdout, text).await,
-                ConsoleFormat::Stderr => self.stream(server, Stdio::Stderr, text).await,
-                ConsoleFormat::ActiveLine => {}
             },
             Body::Result { content: Some(r) } => {
                 self.result_text = r
@@ -136,7 +144,7 @@ impl Mapper {
                         // A magic used wrongly: ipykernel prints it on stderr, no traceback
                         // output, and the reply still says error.
                         let text = format!("UsageError: {}\n", out.evalue);
-                        self.stream(server, Stdio::Stderr, text).await;
+                        self.stream(server, Stdio::Stderr, &text).await;
                     } else if !self.silent {
                         server.publish(&self.parent, "error", &out).await;
                     }
@@ -147,7 +155,7 @@ impl Mapper {
                     } else {
                         out.traceback.join("\n") + "\n"
                     };
-                    self.stream(server, Stdio::Stderr, text).await;
+                    self.stream(server, Stdio::Stderr, &text).await;
                 }
             }
             Body::InputRequest { content: Some(r) } => {
@@ -169,7 +177,7 @@ impl Mapper {
             Body::Notice {
                 content: Some(text),
             } => {
-                self.stream(server, Stdio::Stderr, text + "\n").await;
+                self.stream(server, Stdio::Stderr, &(text + "\n")).await;
             }
             _ => {}
         }
@@ -372,7 +380,7 @@ pub(crate) async fn run(
                     fail(&mut m, "SessionError", e.to_string())
                 }
                 Ok(mut exec) => {
-                    while let Some(chunk) = exec.next().await {
+                    while let Some(chunk) = exec.next_shared().await {
                         let started = matches!(
                             chunk.body,
                             Body::Status {

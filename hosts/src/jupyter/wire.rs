@@ -276,12 +276,12 @@ impl Wire {
 /// loop; the result is byte-for-byte what `serde_json::to_vec` gives. It is written into
 /// `out`'s memory: once the message that held the previous result is sent and dropped, the
 /// same megabyte serves again, instead of a fresh mapping whose every page faults in.
-pub fn stream_json(content: &jupyter_protocol::StreamContent, out: &mut BytesMut) -> Bytes {
-    let name = match content.name {
+pub fn stream_json(name: jupyter_protocol::Stdio, text: &str, out: &mut BytesMut) -> Bytes {
+    let name = match name {
         jupyter_protocol::Stdio::Stdout => "stdout",
         jupyter_protocol::Stdio::Stderr => "stderr",
     };
-    let text = content.text.as_bytes();
+    let text = text.as_bytes();
     out.clear();
     out.reserve(text.len() + text.len() / 16 + 40);
     out.extend_from_slice(b"{\"name\":\"");
@@ -372,7 +372,10 @@ mod tests {
                     text: text.clone(),
                 };
                 assert_eq!(
-                    String::from_utf8(stream_json(&c, &mut BytesMut::new()).to_vec()).unwrap(),
+                    String::from_utf8(
+                        stream_json(c.name.clone(), &c.text, &mut BytesMut::new()).to_vec()
+                    )
+                    .unwrap(),
                     serde_json::to_string(&c).unwrap()
                 );
             }

@@ -285,9 +285,8 @@ pub async fn replay(client: Arc<Client>, id: String, session: Session, how: Repl
         let sent = match item {
             Watched::Chunk(chunk) => {
                 last_finished = chunk.is_finished();
-                let chunk = Arc::unwrap_or_clone(chunk);
                 client
-                    .send_chunk(&id, chunk, text_frames, Wait::Upto(client.patience))
+                    .send_chunk(&id, &chunk, text_frames, Wait::Upto(client.patience))
                     .await
             }
             Watched::Missed(count) => {

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use futures::StreamExt;
 use serde_json::Value;
 use spindle_kernel::{
     ExecOptions, Execution, Kernel, KernelError, LanguageError, Query, Session, SessionSpec,
@@ -735,7 +734,7 @@ async fn stream(
     // caught up, so a stuck client costs one wait, not one per chunk.
     let mut stalled = false;
     let mut gone = false;
-    while let Some(chunk) = exec.next().await {
+    while let Some(chunk) = exec.next_shared().await {
         if gone {
             continue;
         }
@@ -771,7 +770,7 @@ async fn stream(
                 }
             }
         }
-        match client.send_chunk(&id, chunk, text_frames, wait).await {
+        match client.send_chunk(&id, &chunk, text_frames, wait).await {
             Sent::Yes => {}
             Sent::Stalled => {
                 if !stalled {

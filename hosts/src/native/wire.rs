@@ -6,6 +6,7 @@
 //! the socket has encoded the message for the wire (or dropped it). A client that stops reading
 //! therefore pins at most its own budget, and the PUB side at most the event budget.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -237,28 +238,22 @@ impl Budget {
 impl Budget {
     /// Sign and charge a `chunk` reply whose console text travels raw in a third frame
     /// (`text_frames`): `[signature, json, text]`, the signature over the JSON then the text.
-    /// The text's buffer becomes the frame as it is, and goes back to the pool when ZeroMQ is
-    /// done with it.
-    pub async fn frames_with_text(
+    /// The text frame is the chunk's own text, shared with the session's log, not a copy.
+    async fn frames_with_text(
         &self,
         signer: &Signer,
-        stub: &Reply,
-        text: String,
+        stub: &ChunkReply<'_>,
+        text: SharedText,
         wait: Wait,
     ) -> Option<[Bytes; 3]> {
-        // Recycled however this ends.
-        let text = Charged {
-            json: text.into_bytes(),
-            _permit: None,
-        };
         let mut json = spindle_kernel::buffers::take(SMALL_MESSAGE + stub.json_size_hint());
         if let Err(e) = serde_json::to_writer(&mut json, stub) {
             tracing::error!(error = %e, "cannot serialise a message");
             spindle_kernel::buffers::recycle(json);
             return None;
         }
-        let permit = self.charge(json.len() + text.json.len(), wait).await?;
-        let signature = Bytes::from(signer.sign(&[&json, &text.json]));
+        let permit = self.charge(json.len() + text.as_ref().len(), wait).await?;
+        let signature = Bytes::from(signer.sign(&[&json, text.as_ref()]));
         let body = Bytes::from_owner(Charged {
             json,
             _permit: Some(permit),
@@ -267,15 +262,85 @@ impl Budget {
     }
 }
 
-/// A chunk reply as [`Client::send_chunk`] sends it: its console text, when it travels in a
-/// frame of its own, taken out of the chunk.
-fn split_text(chunk: &mut Chunk) -> Option<String> {
-    match &mut chunk.body {
-        Body::Console {
-            content: Some(text),
-            ..
-        } => Some(std::mem::take(text)),
-        _ => None,
+/// A console chunk's text as a frame: the chunk, shared with the session's log, stays alive
+/// until ZeroMQ is done with the frame. Only for chunks whose body is console text.
+struct SharedText(Arc<Chunk>);
+
+impl SharedText {
+    fn new(chunk: &Arc<Chunk>) -> Option<Self> {
+        matches!(
+            chunk.body,
+            Body::Console {
+                content: Some(_),
+                ..
+            }
+        )
+        .then(|| Self(chunk.clone()))
+    }
+}
+
+impl AsRef<[u8]> for SharedText {
+    fn as_ref(&self) -> &[u8] {
+        match &self.0.body {
+            Body::Console {
+                content: Some(text),
+                ..
+            } => text.as_bytes(),
+            _ => &[],
+        }
+    }
+}
+
+/// A `chunk` reply that borrows its chunk: the same JSON as
+/// `Reply { id: Some(id), body: ReplyBody::Chunk { chunk } }`, without copying the chunk.
+struct ChunkReply<'a> {
+    id: &'a str,
+    chunk: Cow<'a, Chunk>,
+}
+
+impl Serialize for ChunkReply<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(3))?;
+        map.serialize_entry("id", self.id)?;
+        map.serialize_entry("type", "chunk")?;
+        map.serialize_entry("chunk", &*self.chunk)?;
+        map.end()
+    }
+}
+
+impl JsonSize for ChunkReply<'_> {
+    fn json_size_hint(&self) -> usize {
+        chunk_size_hint(&self.chunk)
+    }
+
+    fn text_stub(&self) -> Option<(Self, &str)> {
+        let (chunk, text) = chunk_stub(&self.chunk)?;
+        let stub = ChunkReply {
+            id: self.id,
+            chunk: Cow::Owned(chunk),
+        };
+        Some((stub, text))
+    }
+}
+
+/// `chunk` with its console text empty, for the JSON frame beside a text frame.
+fn without_text(chunk: &Chunk) -> Chunk {
+    let body = match &chunk.body {
+        Body::Console { format, line, .. } => Body::Console {
+            format: *format,
+            content: Some(String::new()),
+            line: *line,
+        },
+        other => other.clone(),
+    };
+    Chunk {
+        session: chunk.session.clone(),
+        request: chunk.request.clone(),
+        seq: chunk.seq,
+        start: chunk.start,
+        end: chunk.end,
+        body,
     }
 }
 
@@ -450,38 +515,42 @@ impl Client {
     }
 
     /// Send one `chunk` reply to request `id`, its console text in a third frame when the
-    /// request asked for `text_frames`. The chunk's buffers are reused afterwards.
+    /// request asked for `text_frames`. The chunk is the one the session's log holds: it is
+    /// serialised from there, and a text frame is its own text, never a copy.
     pub async fn send_chunk(
         &self,
         id: &str,
-        mut chunk: Chunk,
+        chunk: &Arc<Chunk>,
         text_frames: bool,
         wait: Wait,
     ) -> Sent {
         let text = if text_frames {
-            split_text(&mut chunk)
+            SharedText::new(chunk)
         } else {
             None
         };
-        let reply = Reply {
-            id: Some(id.to_string()),
-            body: ReplyBody::Chunk { chunk },
-        };
         let frames = match text {
-            None => self
-                .budget
-                .frames(&self.signer, &reply, wait)
-                .await
-                .map(|[sig, body]| vec![self.identity.clone(), sig, body]),
-            Some(text) => self
-                .budget
-                .frames_with_text(&self.signer, &reply, text, wait)
-                .await
-                .map(|[sig, body, text]| vec![self.identity.clone(), sig, body, text]),
+            None => {
+                let reply = ChunkReply {
+                    id,
+                    chunk: Cow::Borrowed(chunk),
+                };
+                self.budget
+                    .frames(&self.signer, &reply, wait)
+                    .await
+                    .map(|[sig, body]| vec![self.identity.clone(), sig, body])
+            }
+            Some(text) => {
+                let stub = ChunkReply {
+                    id,
+                    chunk: Cow::Owned(without_text(chunk)),
+                };
+                self.budget
+                    .frames_with_text(&self.signer, &stub, text, wait)
+                    .await
+                    .map(|[sig, body, text]| vec![self.identity.clone(), sig, body, text])
+            }
         };
-        if let ReplyBody::Chunk { chunk } = reply.body {
-            spindle_kernel::buffers::recycle_chunk(chunk);
-        }
         match frames {
             Some(frames) => self.deliver(frames).await,
             None => Sent::Stalled,
@@ -557,10 +626,62 @@ mod tests {
                 let [sig, body] = budget.frames(&signer, &reply, Wait::No).await.unwrap();
                 assert_eq!(body[..], serde_json::to_vec(&reply).unwrap()[..]);
                 assert!(signer.verify(&sig, &[&body]));
+                // The borrowed reply an execution's stream sends is the same JSON.
+                let shared = Arc::new(chunk.clone());
+                let borrowed = ChunkReply {
+                    id: "id \"content\":\"\"",
+                    chunk: Cow::Borrowed(&shared),
+                };
+                let [sig, body] = budget.frames(&signer, &borrowed, Wait::No).await.unwrap();
+                assert_eq!(body[..], serde_json::to_vec(&reply).unwrap()[..]);
+                assert!(signer.verify(&sig, &[&body]));
                 let event = Event::Chunk { chunk };
                 let [_, body] = budget.frames(&signer, &event, Wait::No).await.unwrap();
                 assert_eq!(body[..], serde_json::to_vec(&event).unwrap()[..]);
             }
         }
+    }
+
+    /// With `text_frames`, the text frame is the chunk's own text (the same memory, not a
+    /// copy), the JSON is the chunk with `content: ""`, and the signature covers both.
+    #[tokio::test]
+    async fn a_text_frame_is_the_chunks_own_text_signed_with_the_json() {
+        let signer = Signer::new(b"k");
+        let budget = Budget::new(64 << 20);
+        let shared = Arc::new(console("a \"line\"\n", None));
+        let text = SharedText::new(&shared).expect("console text");
+        let stub = ChunkReply {
+            id: "r1",
+            chunk: Cow::Owned(without_text(&shared)),
+        };
+        let [sig, json, frame] = budget
+            .frames_with_text(&signer, &stub, text, Wait::No)
+            .await
+            .unwrap();
+        let Body::Console {
+            content: Some(original),
+            ..
+        } = &shared.body
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            frame.as_ptr(),
+            original.as_ptr(),
+            "the frame shares the chunk's text"
+        );
+        assert_eq!(&frame[..], b"a \"line\"\n");
+        assert!(signer.verify(&sig, &[&json, &frame]));
+        assert!(!signer.verify(&sig, &[&json]));
+        let expected = Reply {
+            id: Some("r1".into()),
+            body: ReplyBody::Chunk {
+                chunk: console("", None),
+            },
+        };
+        assert_eq!(json[..], serde_json::to_vec(&expected).unwrap()[..]);
+        // Only console text travels in a frame.
+        let status = Arc::new(Chunk::new("s", "r", 1, Body::Notice { content: None }));
+        assert!(SharedText::new(&status).is_none());
     }
 }

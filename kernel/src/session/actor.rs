@@ -25,7 +25,7 @@ enum Work {
         id: String,
         code: String,
         opts: ExecOptions,
-        tx: mpsc::Sender<Chunk>,
+        tx: mpsc::Sender<Arc<Chunk>>,
     },
     Query {
         req: ChildRequest,
@@ -35,7 +35,7 @@ enum Work {
 
 struct ExecState {
     id: String,
-    tx: mpsc::Sender<Chunk>,
+    tx: mpsc::Sender<Arc<Chunk>>,
     detached: bool,
     started: Instant,
     deadline: Option<tokio::time::Instant>,
@@ -353,7 +353,7 @@ impl Actor {
         &self,
         id: String,
         opts: &ExecOptions,
-        tx: mpsc::Sender<Chunk>,
+        tx: mpsc::Sender<Arc<Chunk>>,
         execution_count: u64,
     ) -> ExecState {
         let timeout = opts.timeout.or(self.spec.timeout);
@@ -391,7 +391,7 @@ impl Actor {
         id: String,
         code: String,
         opts: ExecOptions,
-        tx: mpsc::Sender<Chunk>,
+        tx: mpsc::Sender<Arc<Chunk>>,
     ) {
         self.close_idle_block();
         let counts = opts.store_history && !opts.silent && opts.comm.is_none();

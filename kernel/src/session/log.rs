@@ -67,7 +67,7 @@ impl Log {
 
     /// Append a chunk. Its `seq` must be the next one (the actor numbers chunks as it makes
     /// them); the oldest chunks go while the log is over budget, never the newest.
-    pub(crate) fn push(&self, chunk: Chunk) {
+    pub(crate) fn push(&self, chunk: Arc<Chunk>) {
         let size = chunk_bytes(&chunk);
         let next = {
             let mut s = self.state.lock().expect("session log");
@@ -75,7 +75,7 @@ impl Log {
                 s.first = chunk.seq;
             }
             debug_assert_eq!(chunk.seq, s.next(), "chunks enter the log in seq order");
-            s.chunks.push_back((Arc::new(chunk), size));
+            s.chunks.push_back((chunk, size));
             s.bytes += size;
             while s.bytes > s.budget && s.chunks.len() > 1 {
                 let (_, gone) = s.chunks.pop_front().expect("more than one");
@@ -264,7 +264,7 @@ mod tests {
         let mut early = log.watcher(None);
         let big = "x".repeat(1000);
         for seq in 0..10 {
-            log.push(chunk(seq, &big));
+            log.push(Arc::new(chunk(seq, &big)));
         }
         let stats = log.stats();
         assert_eq!((stats.first_seq, stats.next_seq, stats.dropped), (7, 10, 7));
@@ -290,8 +290,8 @@ mod tests {
     #[test]
     fn a_chunk_larger_than_the_budget_is_kept_alone() {
         let log = Log::new(10);
-        log.push(chunk(0, "hello"));
-        log.push(chunk(1, "world"));
+        log.push(Arc::new(chunk(0, "hello")));
+        log.push(Arc::new(chunk(1, "world")));
         let s = log.stats();
         assert_eq!((s.first_seq, s.next_seq), (1, 2));
     }
@@ -301,11 +301,11 @@ mod tests {
         let log = Log::new(1 << 20);
         let mut w = log.watcher(None);
         for seq in 0..5 {
-            log.push(chunk(seq, "a"));
+            log.push(Arc::new(chunk(seq, "a")));
         }
         assert_eq!(w.skip_to_end(), 5);
         assert!(w.try_next().is_none());
-        log.push(chunk(5, "b"));
+        log.push(Arc::new(chunk(5, "b")));
         assert_eq!(text(&w.try_next().unwrap()), "b");
     }
 
@@ -321,7 +321,7 @@ mod tests {
             got
         });
         for seq in 0..3 {
-            log.push(chunk(seq, &seq.to_string()));
+            log.push(Arc::new(chunk(seq, &seq.to_string())));
             tokio::task::yield_now().await;
         }
         drop(log);

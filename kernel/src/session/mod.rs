@@ -90,7 +90,7 @@ enum Cmd {
         id: String,
         code: String,
         opts: ExecOptions,
-        tx: mpsc::Sender<Chunk>,
+        tx: mpsc::Sender<Arc<Chunk>>,
     },
     Query {
         req: ChildRequest,
@@ -107,7 +107,7 @@ enum Cmd {
 /// (or takes it out of the queue).
 pub struct Execution {
     id: String,
-    rx: mpsc::Receiver<Chunk>,
+    rx: mpsc::Receiver<Arc<Chunk>>,
     cmd_tx: mpsc::UnboundedSender<Cmd>,
     finished: bool,
 }
@@ -126,12 +126,15 @@ impl Execution {
     pub fn id(&self) -> &str {
         &self.id
     }
-}
 
-impl Stream for Execution {
-    type Item = Chunk;
+    /// The next chunk as the session's log holds it, shared rather than copied: for an edge
+    /// that only reads chunks (serialises them), this saves copying every byte of output once.
+    /// The stream's items are the same chunks, each copied out of the log's.
+    pub async fn next_shared(&mut self) -> Option<Arc<Chunk>> {
+        std::future::poll_fn(|cx| self.poll_shared(cx)).await
+    }
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Chunk>> {
+    fn poll_shared(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Chunk>>> {
         if self.finished {
             return Poll::Ready(None);
         }
@@ -148,6 +151,14 @@ impl Stream for Execution {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+impl Stream for Execution {
+    type Item = Chunk;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Chunk>> {
+        self.poll_shared(cx).map(|c| c.map(Arc::unwrap_or_clone))
     }
 }
 

@@ -1,6 +1,8 @@
 //! Output: the ordered merge of the PTY, stderr and event streams, block shaping (start,
 //! content, end), the output cap, and sending chunks to the execution and the watchers.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 use spindle_protocol::{
     body_for_bundle, Body, Chunk, ClearOutput, ConsoleFormat, ErrorContent, FileRef, ImageFormat,
@@ -477,8 +479,9 @@ impl Actor {
     }
 
     pub(super) async fn emit_to(&mut self, ex: &mut ExecState, body: Body, start: bool, end: bool) {
-        let chunk = self.make_chunk(&ex.id, body, start, end);
-        self.publish(&chunk);
+        // One chunk, shared by the log and the consumer: never copied.
+        let chunk = Arc::new(self.make_chunk(&ex.id, body, start, end));
+        self.inner.log.push(chunk.clone());
         if ex.detached {
             return;
         }
@@ -545,13 +548,9 @@ impl Actor {
         chunk
     }
 
-    pub(super) fn publish(&self, chunk: &Chunk) {
-        self.inner.log.push(chunk.clone());
-    }
-
     pub(super) fn emit_raw(&mut self, request: &str, body: Body, start: bool, end: bool) {
         let chunk = self.make_chunk(request, body, start, end);
-        self.publish(&chunk);
+        self.inner.log.push(Arc::new(chunk));
     }
 
     pub(super) fn idle_console(&mut self, format: ConsoleFormat, text: String) {
