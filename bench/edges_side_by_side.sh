@@ -59,11 +59,11 @@ for ((r = 1; r <= rounds; r++)); do
 done
 
 # Raw output names no local directories: the repository's own path and the temporary prefixes go.
-sed -i -E "s|$root/||g; s|/tmp/spindle-edges\.[A-Za-z0-9]+|<prefix>|g" "$out"/*
+sed -i -E "s|$out|<out>|g; s|$root/||g; s|/tmp/spindle-edges\.[A-Za-z0-9]+|<prefix>|g" "$out"/*
 for b in "${builds[@]}"; do
 	name=${b%%=*}
 	rest=${b#*=}
-	sed -i "s|${rest%%:*}|<$name>/spindle|g" "$out"/*
+	sed -i "s|${rest%%:*}|<$name>/spindle|g; s|${rest#*:}|<$name>/core|g" "$out"/*
 done
 
 "$py" - "$out" "${builds[@]}" <<'PY'
