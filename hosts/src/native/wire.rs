@@ -233,9 +233,7 @@ impl Budget {
         });
         Some([signature, body])
     }
-}
 
-impl Budget {
     /// Sign and charge a `chunk` reply whose console text travels raw in a third frame
     /// (`text_frames`): `[signature, json, text]`, the signature over the JSON then the text.
     /// The text frame is the chunk's own text, shared with the session's log, not a copy.
@@ -361,30 +359,13 @@ pub const FAST_TEXT: usize = 4096;
 
 /// `chunk` without its console text, and the text, when there is at least [`FAST_TEXT`] of it.
 fn chunk_stub(chunk: &Chunk) -> Option<(Chunk, &str)> {
-    let Body::Console {
-        format,
-        content: Some(text),
-        line,
-    } = &chunk.body
-    else {
-        return None;
-    };
-    if text.len() < FAST_TEXT {
-        return None;
+    match &chunk.body {
+        Body::Console {
+            content: Some(text),
+            ..
+        } if text.len() >= FAST_TEXT => Some((without_text(chunk), text)),
+        _ => None,
     }
-    let stub = Chunk {
-        session: chunk.session.clone(),
-        request: chunk.request.clone(),
-        seq: chunk.seq,
-        start: chunk.start,
-        end: chunk.end,
-        body: Body::Console {
-            format: *format,
-            content: Some(String::new()),
-            line: *line,
-        },
-    };
-    Some((stub, text))
 }
 
 /// The hint for a message that carries no chunk.
