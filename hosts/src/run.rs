@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::StreamExt;
 use spindle_kernel::{ExecOptions, Kernel, KernelConfig, SessionSpec};
 use spindle_protocol::{Body, Chunk, ConsoleFormat, Outcome};
 
@@ -77,7 +76,7 @@ pub fn main(args: RunArgs, interp: &InterpreterArgs) -> anyhow::Result<ExitCode>
         let mut interrupts = 0;
         loop {
             tokio::select! {
-                chunk = exec.next() => {
+                chunk = exec.next_shared() => {
                     let Some(chunk) = chunk else { break };
                     if let Body::InputRequest { content: Some(req) } = &chunk.body {
                         if !args.json {
