@@ -46,22 +46,6 @@ pub fn recycle(mut v: Vec<u8>) {
     }
 }
 
-/// [`recycle`] a string's memory.
-pub fn recycle_text(s: String) {
-    recycle(s.into_bytes());
-}
-
-/// [`recycle`] the text of a console chunk (the one kind that carries megabytes often).
-pub fn recycle_chunk(chunk: spindle_protocol::Chunk) {
-    if let spindle_protocol::Body::Console {
-        content: Some(text),
-        ..
-    } = chunk.body
-    {
-        recycle_text(text);
-    }
-}
-
 /// Give every kept buffer back to the allocator.
 pub fn release() {
     let kept = std::mem::take(&mut *SPARE.lock().unwrap_or_else(|e| e.into_inner()));

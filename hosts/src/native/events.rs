@@ -15,6 +15,7 @@
 //! case the relay skips to the newest chunk (everything it skipped counts as missed), so a
 //! subscriber that comes back gets current chunks after at most the event budget of old ones.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use serde::Serialize;
 use spindle_kernel::session::{Watched, Watcher};
 use spindle_kernel::Session;
 use spindle_protocol::native::{Event, Reply, ReplyBody};
@@ -31,7 +33,7 @@ use tokio::task::JoinHandle;
 use zeromq::{PubSocket, Socket, SocketEvent, SocketSend, ZmqMessage};
 
 use crate::auth::Signer;
-use crate::native::wire::{Budget, Client, Sent, Wait};
+use crate::native::wire::{Budget, ChunkMsg, Client, JsonSize, Sent, Wait};
 
 /// How long a relay waits for event budget before it starts counting chunks as missed.
 const PATIENCE: Duration = Duration::from_millis(100);
@@ -94,7 +96,12 @@ impl Events {
     }
 
     /// Publish one event under `topic`; false when it could not be (budget full, or stopping).
-    pub async fn publish(&self, topic: &str, event: &Event, wait: Wait) -> bool {
+    pub async fn publish<T: Serialize + JsonSize>(
+        &self,
+        topic: &str,
+        event: &T,
+        wait: Wait,
+    ) -> bool {
         let Some([sig, body]) = self.budget.frames(&self.signer, event, wait).await else {
             return false;
         };
@@ -215,13 +222,12 @@ impl Relay {
         if !self.flush_missed(self.wait()).await {
             return self.give_up(rx);
         }
-        let ev = Event::Chunk {
-            chunk: chunk.clone(),
+        // Serialised from the log's chunk, not a copy of it.
+        let ev = ChunkMsg {
+            id: None,
+            chunk: Cow::Borrowed(chunk),
         };
         let published = self.events.publish(&self.session, &ev, self.wait()).await;
-        if let Event::Chunk { chunk } = ev {
-            spindle_kernel::buffers::recycle_chunk(chunk);
-        }
         if published {
             self.degraded = false;
         } else {

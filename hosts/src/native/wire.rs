@@ -240,7 +240,7 @@ impl Budget {
     async fn frames_with_text(
         &self,
         signer: &Signer,
-        stub: &ChunkReply<'_>,
+        stub: &ChunkMsg<'_>,
         text: SharedText,
         wait: Wait,
     ) -> Option<[Bytes; 3]> {
@@ -289,32 +289,36 @@ impl AsRef<[u8]> for SharedText {
     }
 }
 
-/// A `chunk` reply that borrows its chunk: the same JSON as
-/// `Reply { id: Some(id), body: ReplyBody::Chunk { chunk } }`, without copying the chunk.
-struct ChunkReply<'a> {
-    id: &'a str,
-    chunk: Cow<'a, Chunk>,
+/// A `chunk` message that borrows its chunk, so the chunk the session's log holds is sent
+/// without being copied: with an `id`, the same JSON as
+/// `Reply { id: Some(id), body: ReplyBody::Chunk { chunk } }`; without, as
+/// `Event::Chunk { chunk }`. Every chunk the host sends goes through it.
+pub struct ChunkMsg<'a> {
+    pub id: Option<&'a str>,
+    pub chunk: Cow<'a, Chunk>,
 }
 
-impl Serialize for ChunkReply<'_> {
+impl Serialize for ChunkMsg<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(Some(3))?;
-        map.serialize_entry("id", self.id)?;
+        let mut map = s.serialize_map(Some(2 + usize::from(self.id.is_some())))?;
+        if let Some(id) = self.id {
+            map.serialize_entry("id", id)?;
+        }
         map.serialize_entry("type", "chunk")?;
         map.serialize_entry("chunk", &*self.chunk)?;
         map.end()
     }
 }
 
-impl JsonSize for ChunkReply<'_> {
+impl JsonSize for ChunkMsg<'_> {
     fn json_size_hint(&self) -> usize {
         chunk_size_hint(&self.chunk)
     }
 
     fn text_stub(&self) -> Option<(Self, &str)> {
         let (chunk, text) = chunk_stub(&self.chunk)?;
-        let stub = ChunkReply {
+        let stub = ChunkMsg {
             id: self.id,
             chunk: Cow::Owned(chunk),
         };
@@ -392,41 +396,16 @@ pub fn chunk_size_hint(chunk: &Chunk) -> usize {
     ENVELOPE + chunk.request.len() + body
 }
 
+/// Messages that carry a chunk go as [`ChunkMsg`]; these others are small.
 impl JsonSize for Reply {
     fn json_size_hint(&self) -> usize {
-        match &self.body {
-            ReplyBody::Chunk { chunk } => chunk_size_hint(chunk),
-            _ => SMALL_MESSAGE,
-        }
-    }
-
-    fn text_stub(&self) -> Option<(Self, &str)> {
-        let ReplyBody::Chunk { chunk } = &self.body else {
-            return None;
-        };
-        let (chunk, text) = chunk_stub(chunk)?;
-        let stub = Reply {
-            id: self.id.clone(),
-            body: ReplyBody::Chunk { chunk },
-        };
-        Some((stub, text))
+        SMALL_MESSAGE
     }
 }
 
 impl JsonSize for spindle_protocol::native::Event {
     fn json_size_hint(&self) -> usize {
-        match self {
-            spindle_protocol::native::Event::Chunk { chunk } => chunk_size_hint(chunk),
-            _ => SMALL_MESSAGE,
-        }
-    }
-
-    fn text_stub(&self) -> Option<(Self, &str)> {
-        let spindle_protocol::native::Event::Chunk { chunk } = self else {
-            return None;
-        };
-        let (chunk, text) = chunk_stub(chunk)?;
-        Some((spindle_protocol::native::Event::Chunk { chunk }, text))
+        SMALL_MESSAGE
     }
 }
 
@@ -512,8 +491,8 @@ impl Client {
         };
         let frames = match text {
             None => {
-                let reply = ChunkReply {
-                    id,
+                let reply = ChunkMsg {
+                    id: Some(id),
                     chunk: Cow::Borrowed(chunk),
                 };
                 self.budget
@@ -522,8 +501,8 @@ impl Client {
                     .map(|[sig, body]| vec![self.identity.clone(), sig, body])
             }
             Some(text) => {
-                let stub = ChunkReply {
-                    id,
+                let stub = ChunkMsg {
+                    id: Some(id),
                     chunk: Cow::Owned(without_text(chunk)),
                 };
                 self.budget
@@ -609,8 +588,8 @@ mod tests {
                 assert!(signer.verify(&sig, &[&body]));
                 // The borrowed reply an execution's stream sends is the same JSON.
                 let shared = Arc::new(chunk.clone());
-                let borrowed = ChunkReply {
-                    id: "id \"content\":\"\"",
+                let borrowed = ChunkMsg {
+                    id: Some("id \"content\":\"\""),
                     chunk: Cow::Borrowed(&shared),
                 };
                 let [sig, body] = budget.frames(&signer, &borrowed, Wait::No).await.unwrap();
@@ -618,6 +597,12 @@ mod tests {
                 assert!(signer.verify(&sig, &[&body]));
                 let event = Event::Chunk { chunk };
                 let [_, body] = budget.frames(&signer, &event, Wait::No).await.unwrap();
+                assert_eq!(body[..], serde_json::to_vec(&event).unwrap()[..]);
+                let borrowed = ChunkMsg {
+                    id: None,
+                    chunk: Cow::Borrowed(&shared),
+                };
+                let [_, body] = budget.frames(&signer, &borrowed, Wait::No).await.unwrap();
                 assert_eq!(body[..], serde_json::to_vec(&event).unwrap()[..]);
             }
         }
@@ -631,8 +616,8 @@ mod tests {
         let budget = Budget::new(64 << 20);
         let shared = Arc::new(console("a \"line\"\n", None));
         let text = SharedText::new(&shared).expect("console text");
-        let stub = ChunkReply {
-            id: "r1",
+        let stub = ChunkMsg {
+            id: Some("r1"),
             chunk: Cow::Owned(without_text(&shared)),
         };
         let [sig, json, frame] = budget
